@@ -1,0 +1,113 @@
+//! Every setting and limit, with its default; each field is one command-line flag.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// The server's settings. `wsloop --help` lists them with their defaults.
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// TCP port to listen on (0 picks a free one; the log line shows which).
+    #[arg(long, default_value_t = 9001)]
+    pub port: u16,
+
+    /// Address to bind (IPv4 or IPv6).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// Largest message (and so frame) accepted, in bytes; larger ones are closed with 1009.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_message_size: usize,
+
+    /// Largest HTTP request head, in bytes; larger ones get 431.
+    #[arg(long, default_value_t = 8 * 1024)]
+    pub max_head_size: usize,
+
+    /// Most connections open at once; over it, new ones get 503 and are closed.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// How long to wait for the peer's close frame (and then its FIN) once we closed.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// How long a connection may take to send a whole request head.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How long an idle keep-alive HTTP connection is kept open.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Size of the one read buffer the event loop shares between all connections, in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub read_buffer_size: usize,
+
+    /// Subprotocols the server speaks, in order of preference (comma-separated).
+    #[arg(long = "protocol", value_delimiter = ',')]
+    pub protocols: Vec<String>,
+
+    /// Serve this folder over HTTP instead of the bundled pages.
+    #[arg(long)]
+    pub www: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Only as clap::Parser>::parse_from(["wsloop"]).config
+    }
+}
+
+/// Reads durations such as `500ms`, `2s`, `1m` or `1h` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 500ms, 2s, 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit in {s:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.port, 9001);
+        assert_eq!(c.max_message_size, 16 << 20);
+        assert_eq!(c.max_head_size, 8192);
+        assert!(c.protocols.is_empty());
+    }
+}

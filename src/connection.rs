@@ -1,0 +1,857 @@
+//! The WebSocket protocol of one connection once the handshake is done (RFC 6455 §5–§7):
+//! frames in, events and frames out. No sockets and no clock: the server feeds bytes with
+//! [`Connection::receive`], reacts to each [`Event`], and writes [`Connection::out`].
+//!
+//! A frame that arrives whole in the caller's buffer is unmasked in place and handed over as a
+//! borrowed slice: no copy and no allocation. Only the bytes of an unfinished frame stay here.
+
+use std::mem;
+
+use crate::error::{close_code, ProtocolError};
+use crate::frame::{
+    apply_mask, encode_frame, parse_header, random_mask, FrameHeader, Opcode, Parse, Role,
+    MAX_HEADER_LEN,
+};
+use crate::outbox::{Outbox, SharedFrame};
+use crate::utf8::Utf8Validator;
+
+/// The kind of a data message (§5.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Valid UTF-8, checked before the message is handed over.
+    Text,
+    Binary,
+}
+
+impl MessageKind {
+    pub fn opcode(self) -> Opcode {
+        match self {
+            MessageKind::Text => Opcode::Text,
+            MessageKind::Binary => Opcode::Binary,
+        }
+    }
+}
+
+/// What the peer did, as seen by the application.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A whole message.
+    Message(MessageKind, &'a [u8]),
+    /// A ping; the pong is already queued (§5.5.2).
+    Ping(&'a [u8]),
+    /// A pong; needs no answer (§5.5.3).
+    Pong(&'a [u8]),
+    /// The peer's close frame; when it opened the closing handshake, our answer is queued.
+    Closed { code: Option<u16>, reason: &'a str },
+    /// The peer broke a rule; a close frame with the matching code is queued.
+    Failed(ProtocolError),
+}
+
+/// Where the connection stands (§4–§7). The handshake is done before a `Connection` exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's. `aligned` is false when an error left
+    /// the incoming frames out of step, so nothing more can be read.
+    Closing { aligned: bool },
+    /// Both close frames are exchanged: flush, then close TCP (§7.1.1: the server closes first).
+    Closed,
+}
+
+/// A frame whose payload is still arriving.
+#[derive(Clone, Copy, Debug)]
+struct PartialFrame {
+    opcode: Opcode,
+    fin: bool,
+    mask: Option<[u8; 4]>,
+    len: u64,
+    done: u64,
+    /// Read and thrown away: a frame that follows a close we sent.
+    skip: bool,
+}
+
+/// A data message being put together from fragments (§5.4), or from a frame split over reads.
+#[derive(Debug)]
+struct Assembly {
+    kind: MessageKind,
+    data: Vec<u8>,
+    utf8: Utf8Validator,
+}
+
+/// How much a message buffer may reserve up front on a header's word alone.
+const RESERVE_LIMIT: usize = 64 * 1024;
+
+/// One WebSocket connection's protocol state.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    state: State,
+    max_message: usize,
+    header: [u8; MAX_HEADER_LEN],
+    header_len: u8,
+    frame: Option<PartialFrame>,
+    message: Option<Assembly>,
+    control: Vec<u8>,
+    /// Bytes to send to the peer.
+    pub out: Outbox,
+}
+
+impl Connection {
+    /// A connection in the `Open` state; messages over `max_message` bytes fail it with 1009.
+    pub fn new(role: Role, max_message: usize) -> Self {
+        Connection {
+            role,
+            state: State::Open,
+            max_message,
+            header: [0; MAX_HEADER_LEN],
+            header_len: 0,
+            frame: None,
+            message: None,
+            control: Vec::new(),
+            out: Outbox::new(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Feeds bytes from the peer. `input` is unmasked in place, and `on` is called once per
+    /// event, in order, with the connection so that it can answer (echo, close, ...).
+    /// After a close or an error, later input is only searched for the peer's close frame.
+    pub fn receive<F>(&mut self, input: &mut [u8], on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        let mut pos = 0;
+        while pos < input.len() {
+            if matches!(
+                self.state,
+                State::Closed | State::Closing { aligned: false }
+            ) {
+                return;
+            }
+            if let Some(frame) = self.frame {
+                pos += self.payload_piece(frame, &mut input[pos..], on);
+                continue;
+            }
+            let header = if self.header_len == 0 {
+                match parse_header(&input[pos..]) {
+                    Ok(Parse::Complete(h)) => {
+                        pos += h.header_len;
+                        h
+                    }
+                    Ok(Parse::Partial) => {
+                        let rest = &input[pos..];
+                        self.header[..rest.len()].copy_from_slice(rest);
+                        self.header_len = rest.len() as u8;
+                        return;
+                    }
+                    Err(e) => return self.fail(e, None, on),
+                }
+            } else {
+                // The header began in an earlier read: complete it from this one.
+                let have = self.header_len as usize;
+                let take = (MAX_HEADER_LEN - have).min(input.len() - pos);
+                self.header[have..have + take].copy_from_slice(&input[pos..pos + take]);
+                match parse_header(&self.header[..have + take]) {
+                    Ok(Parse::Complete(h)) => {
+                        pos += h.header_len - have;
+                        self.header_len = 0;
+                        h
+                    }
+                    Ok(Parse::Partial) => {
+                        self.header_len = (have + take) as u8;
+                        pos += take;
+                        continue;
+                    }
+                    Err(e) => return self.fail(e, None, on),
+                }
+            };
+            let skip = match self.check(&header) {
+                Ok(skip) => skip,
+                Err(e) => {
+                    self.fail(e, Some(&header), on);
+                    if header.opcode == Opcode::Close {
+                        // A malformed close is still the peer's close (see control_frame).
+                        self.state = State::Closed;
+                    }
+                    continue;
+                }
+            };
+            let len = header.len as usize; // check() bounds it by max_message
+            let whole = input.len() - pos >= len;
+            let single =
+                header.opcode.is_control() || (header.fin && header.opcode != Opcode::Continuation);
+            if whole && single && !skip {
+                let payload = &mut input[pos..pos + len];
+                pos += len;
+                if let Some(key) = header.mask {
+                    apply_mask(payload, key, 0);
+                }
+                self.whole_frame(header.opcode, payload, on);
+            } else {
+                self.start_frame(&header, skip);
+                if len == 0 {
+                    self.end_frame(on);
+                }
+            }
+        }
+    }
+
+    /// Checks a header against the rules of §5 for this connection. `Ok(true)` means the frame
+    /// is to be skipped (we are closing and wait only for the peer's close).
+    fn check(&self, h: &FrameHeader) -> Result<bool, ProtocolError> {
+        if let Opcode::Reserved(bits) = h.opcode {
+            return Err(ProtocolError::UnknownOpcode(bits));
+        }
+        // §5.2: "MUST be 0 unless an extension is negotiated that defines meanings".
+        if h.rsv != 0 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        match (self.role, h.mask.is_some()) {
+            // §5.1: "The server MUST close the connection upon receiving a frame that is not masked."
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            // §5.1: "A client MUST close a connection if it detects a masked frame."
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        if h.opcode.is_control() {
+            // §5.5: "All control frames MUST have a payload length of 125 bytes or less and
+            // MUST NOT be fragmented."
+            if h.len > 125 {
+                return Err(ProtocolError::ControlTooLong);
+            }
+            if !h.fin {
+                return Err(ProtocolError::FragmentedControl);
+            }
+            return Ok(false);
+        }
+        if self.state != State::Open {
+            return Ok(true);
+        }
+        let so_far = match (&self.message, h.opcode) {
+            (None, Opcode::Continuation) => return Err(ProtocolError::UnexpectedContinuation),
+            (Some(_), Opcode::Text | Opcode::Binary) => {
+                return Err(ProtocolError::ExpectedContinuation)
+            }
+            (Some(m), _) => m.data.len() as u64,
+            (None, _) => 0,
+        };
+        // §10.4: refuse from the header, before a byte of an oversized payload is buffered.
+        if so_far + h.len > self.max_message as u64 {
+            return Err(ProtocolError::MessageTooBig);
+        }
+        Ok(false)
+    }
+
+    /// A control frame, or an unfragmented data message, whose payload is all here.
+    fn whole_frame<F>(&mut self, opcode: Opcode, payload: &[u8], on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        match opcode {
+            Opcode::Text => {
+                if std::str::from_utf8(payload).is_err() {
+                    return self.fail(ProtocolError::InvalidUtf8, None, on);
+                }
+                on(self, Event::Message(MessageKind::Text, payload));
+            }
+            Opcode::Binary => on(self, Event::Message(MessageKind::Binary, payload)),
+            _ => self.control_frame(opcode, payload, on),
+        }
+    }
+
+    fn start_frame(&mut self, h: &FrameHeader, skip: bool) {
+        if !skip && !h.opcode.is_control() && self.message.is_none() {
+            let kind = if h.opcode == Opcode::Text {
+                MessageKind::Text
+            } else {
+                MessageKind::Binary
+            };
+            self.message = Some(Assembly {
+                kind,
+                data: Vec::with_capacity((h.len as usize).min(RESERVE_LIMIT)),
+                utf8: Utf8Validator::new(),
+            });
+        }
+        self.frame = Some(PartialFrame {
+            opcode: h.opcode,
+            fin: h.fin,
+            mask: h.mask,
+            len: h.len,
+            done: 0,
+            skip,
+        });
+    }
+
+    /// Takes the next piece of the current frame's payload from `data`; returns bytes used.
+    fn payload_piece<F>(&mut self, mut frame: PartialFrame, data: &mut [u8], on: &mut F) -> usize
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        let take = (frame.len - frame.done).min(data.len() as u64) as usize;
+        let piece = &mut data[..take];
+        if !frame.skip {
+            if let Some(key) = frame.mask {
+                apply_mask(piece, key, frame.done as usize);
+            }
+            if frame.opcode.is_control() {
+                self.control.extend_from_slice(piece);
+            } else if let Some(m) = &mut self.message {
+                // §8.1 with fail-fast: judge text as it arrives, not when the message ends.
+                if m.kind == MessageKind::Text && m.utf8.feed(piece).is_err() {
+                    frame.done += take as u64;
+                    self.frame = Some(frame);
+                    self.fail(ProtocolError::InvalidUtf8, None, on);
+                    return take;
+                }
+                m.data.extend_from_slice(piece);
+            }
+        }
+        frame.done += take as u64;
+        self.frame = Some(frame);
+        if frame.done == frame.len {
+            self.end_frame(on);
+        }
+        take
+    }
+
+    /// The current frame's payload is complete.
+    fn end_frame<F>(&mut self, on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        let Some(frame) = self.frame.take() else {
+            return;
+        };
+        if frame.skip {
+            return;
+        }
+        if frame.opcode.is_control() {
+            let payload = mem::take(&mut self.control);
+            self.control_frame(frame.opcode, &payload, on);
+            return;
+        }
+        if !frame.fin {
+            return;
+        }
+        let Some(m) = self.message.take() else { return };
+        if !m.utf8.is_complete() {
+            return self.fail(ProtocolError::InvalidUtf8, None, on);
+        }
+        on(self, Event::Message(m.kind, &m.data));
+    }
+
+    fn control_frame<F>(&mut self, opcode: Opcode, payload: &[u8], on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        match opcode {
+            Opcode::Ping => {
+                // §5.5.2: answer with a pong carrying the same payload, unless closing.
+                if self.state == State::Open {
+                    self.queue(Opcode::Pong, payload);
+                }
+                on(self, Event::Ping(payload));
+            }
+            Opcode::Pong => on(self, Event::Pong(payload)),
+            Opcode::Close => {
+                let (code, reason) = match parse_close(payload) {
+                    Ok(v) => v,
+                    Err(e) if self.state == State::Open => {
+                        // The peer has closed, if badly: answer with the error's code and
+                        // end the handshake here rather than wait for a second close.
+                        self.fail(e, None, on);
+                        self.state = State::Closed;
+                        return;
+                    }
+                    Err(_) => (None, ""),
+                };
+                if self.state == State::Open {
+                    // §5.5.1: answer with a close frame, echoing the status code.
+                    let echo = code.map(u16::to_be_bytes);
+                    self.queue(Opcode::Close, echo.as_ref().map_or(&[][..], |c| &c[..]));
+                }
+                self.state = State::Closed;
+                self.frame = None;
+                self.message = None;
+                on(self, Event::Closed { code, reason });
+            }
+            _ => {}
+        }
+    }
+
+    /// Fails the connection (§7.1.7): queue a close frame with the error's code, drop what
+    /// was being assembled, and from now on read only to find the peer's close frame.
+    /// `header` is the offending frame's, when known, so its payload can be skipped in step.
+    fn fail<F>(&mut self, e: ProtocolError, header: Option<&FrameHeader>, on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        let aligned = e.frames_still_aligned();
+        if self.state == State::Open {
+            let reason = e.to_string();
+            self.queue_close(e.close_code(), &reason);
+            on(self, Event::Failed(e));
+        }
+        self.message = None;
+        self.control.clear();
+        self.state = State::Closing { aligned };
+        if let Some(h) = header {
+            self.frame = Some(PartialFrame {
+                opcode: h.opcode,
+                fin: h.fin,
+                mask: h.mask,
+                len: h.len,
+                done: 0,
+                skip: true,
+            });
+        } else if let Some(f) = &mut self.frame {
+            f.skip = true;
+            if f.done == f.len {
+                self.frame = None;
+            }
+        }
+    }
+
+    /// Queues a data message. Returns false (and sends nothing) unless the connection is open.
+    pub fn send(&mut self, kind: MessageKind, data: &[u8]) -> bool {
+        if self.state != State::Open {
+            return false;
+        }
+        self.queue(kind.opcode(), data);
+        true
+    }
+
+    /// Queues a frame encoded once for many receivers (server role only: it is unmasked).
+    pub fn send_shared(&mut self, frame: &SharedFrame) -> bool {
+        if self.state != State::Open || self.role != Role::Server {
+            return false;
+        }
+        self.out.push_shared(frame.clone());
+        true
+    }
+
+    /// Queues a ping.
+    pub fn ping(&mut self, data: &[u8]) -> bool {
+        if self.state != State::Open || data.len() > 125 {
+            return false;
+        }
+        self.queue(Opcode::Ping, data);
+        true
+    }
+
+    /// Starts the closing handshake (§7.1.2). The reason is cut to fit a control frame.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if self.state == State::Open {
+            self.queue_close(code, reason);
+            self.state = State::Closing { aligned: true };
+        }
+    }
+
+    fn queue_close(&mut self, code: u16, reason: &str) {
+        let mut body = [0u8; 125];
+        body[..2].copy_from_slice(&code.to_be_bytes());
+        let mut n = reason.len().min(123);
+        while !reason.is_char_boundary(n) {
+            n -= 1;
+        }
+        body[2..2 + n].copy_from_slice(&reason.as_bytes()[..n]);
+        self.queue(Opcode::Close, &body[..2 + n]);
+    }
+
+    fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
+        let mask = match self.role {
+            Role::Server => None,
+            Role::Client => Some(random_mask()),
+        };
+        encode_frame(self.out.buf(), true, opcode, mask, payload);
+        self.out.commit();
+    }
+}
+
+/// Reads a close frame's body (§5.5.1, §7.4): nothing, or a valid code and a UTF-8 reason.
+pub fn parse_close(payload: &[u8]) -> Result<(Option<u16>, &str), ProtocolError> {
+    match payload.len() {
+        0 => Ok((None, "")),
+        1 => Err(ProtocolError::CloseBodyTooShort),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !close_code::is_valid_on_wire(code) {
+                return Err(ProtocolError::InvalidCloseCode(code));
+            }
+            let reason = std::str::from_utf8(&payload[2..])
+                .map_err(|_| ProtocolError::InvalidCloseReason)?;
+            Ok((Some(code), reason))
+        }
+    }
+}
+
+/// An owned copy of an event, for tests and tools that collect events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedEvent {
+    Message(MessageKind, Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Closed(Option<u16>, String),
+    Failed(ProtocolError),
+}
+
+impl From<Event<'_>> for OwnedEvent {
+    fn from(e: Event<'_>) -> Self {
+        match e {
+            Event::Message(k, d) => OwnedEvent::Message(k, d.to_vec()),
+            Event::Ping(d) => OwnedEvent::Ping(d.to_vec()),
+            Event::Pong(d) => OwnedEvent::Pong(d.to_vec()),
+            Event::Closed { code, reason } => OwnedEvent::Closed(code, reason.to_string()),
+            Event::Failed(e) => OwnedEvent::Failed(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_frame;
+
+    const MAX: usize = 1 << 20;
+
+    fn masked(fin: bool, op: Opcode, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_frame(&mut v, fin, op, Some([0x11, 0x22, 0x33, 0x44]), payload);
+        v
+    }
+
+    /// Feeds `bytes` in pieces of `step` bytes (0 = all at once) and collects events and output.
+    fn run(bytes: &[u8], step: usize) -> (Vec<OwnedEvent>, Vec<u8>, State) {
+        let mut c = Connection::new(Role::Server, MAX);
+        let mut events = Vec::new();
+        let mut on = |c: &mut Connection, e: Event<'_>| {
+            if let Event::Message(k, d) = e {
+                c.send(k, d);
+            }
+            events.push(OwnedEvent::from(e));
+        };
+        let step = if step == 0 { bytes.len().max(1) } else { step };
+        for piece in bytes.chunks(step) {
+            let mut piece = piece.to_vec();
+            c.receive(&mut piece, &mut on);
+        }
+        let mut out = Vec::new();
+        c.out.flush_to(&mut out).unwrap();
+        (events, out, c.state())
+    }
+
+    fn unmasked(op: Opcode, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_frame(&mut v, true, op, None, payload);
+        v
+    }
+
+    fn close_frame(code: u16) -> Vec<u8> {
+        unmasked(Opcode::Close, &code.to_be_bytes())
+    }
+
+    fn out_close_code(out: &[u8]) -> Option<u16> {
+        // The last frame of `out` must be a close frame; return its code.
+        let mut at = 0;
+        let mut last = None;
+        while at < out.len() {
+            let Ok(Parse::Complete(h)) = parse_header(&out[at..]) else {
+                panic!("bad output")
+            };
+            let p = &out[at + h.header_len..at + h.header_len + h.len as usize];
+            last = Some((h.opcode, p.to_vec()));
+            at += h.header_len + h.len as usize;
+        }
+        match last {
+            Some((Opcode::Close, p)) if p.len() >= 2 => Some(u16::from_be_bytes([p[0], p[1]])),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn echoes_a_message_split_at_every_byte_boundary() {
+        let mut wire = masked(true, Opcode::Text, "héllo wörld, a message".as_bytes());
+        wire.extend(masked(false, Opcode::Binary, &[1, 2, 3]));
+        wire.extend(masked(true, Opcode::Ping, b"p"));
+        wire.extend(masked(true, Opcode::Continuation, &[4, 5]));
+        let expect_out = {
+            let mut v = unmasked(Opcode::Text, "héllo wörld, a message".as_bytes());
+            v.extend(unmasked(Opcode::Pong, b"p"));
+            v.extend(unmasked(Opcode::Binary, &[1, 2, 3, 4, 5]));
+            v
+        };
+        for split in 0..=wire.len() {
+            let mut c = Connection::new(Role::Server, MAX);
+            let mut events = Vec::new();
+            let mut on = |c: &mut Connection, e: Event<'_>| {
+                if let Event::Message(k, d) = e {
+                    c.send(k, d);
+                }
+                events.push(OwnedEvent::from(e));
+            };
+            let (a, b) = wire.split_at(split);
+            c.receive(&mut a.to_vec(), &mut on);
+            c.receive(&mut b.to_vec(), &mut on);
+            let mut out = Vec::new();
+            c.out.flush_to(&mut out).unwrap();
+            assert_eq!(out, expect_out, "split at {split}");
+            assert_eq!(events.len(), 3);
+        }
+        // And byte by byte.
+        let (events, out, state) = run(&wire, 1);
+        assert_eq!(out, expect_out);
+        assert_eq!(events.len(), 3);
+        assert_eq!(state, State::Open);
+    }
+
+    #[test]
+    fn zero_length_messages_and_fragments() {
+        let mut wire = masked(true, Opcode::Text, b"");
+        wire.extend(masked(false, Opcode::Text, b""));
+        wire.extend(masked(false, Opcode::Continuation, b""));
+        wire.extend(masked(true, Opcode::Continuation, b""));
+        let (events, out, _) = run(&wire, 0);
+        assert_eq!(
+            events,
+            vec![OwnedEvent::Message(MessageKind::Text, vec![]); 2]
+        );
+        let mut expect = unmasked(Opcode::Text, b"");
+        expect.extend(unmasked(Opcode::Text, b""));
+        assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn close_is_echoed_and_state_is_closed() {
+        let mut body = 1000u16.to_be_bytes().to_vec();
+        body.extend_from_slice(b"bye");
+        let (events, out, state) = run(&masked(true, Opcode::Close, &body), 0);
+        assert_eq!(events, vec![OwnedEvent::Closed(Some(1000), "bye".into())]);
+        assert_eq!(out, close_frame(1000));
+        assert_eq!(state, State::Closed);
+        let (_, out, _) = run(&masked(true, Opcode::Close, b""), 0);
+        assert_eq!(out, unmasked(Opcode::Close, b""));
+    }
+
+    #[test]
+    fn each_broken_rule_gets_its_close_code() {
+        let text_bad = masked(true, Opcode::Text, &[0xce, 0xba, 0xff]);
+        let mut rsv = masked(true, Opcode::Text, b"x");
+        rsv[0] |= 0x40;
+        let mut unmasked_frame = Vec::new();
+        encode_frame(&mut unmasked_frame, true, Opcode::Text, None, b"x");
+        let mut top_bit = vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        top_bit.extend_from_slice(&[1, 2, 3, 4]);
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("unmasked", unmasked_frame, 1002),
+            ("rsv", rsv, 1002),
+            (
+                "reserved opcode",
+                masked(true, Opcode::Reserved(3), b""),
+                1002,
+            ),
+            (
+                "reserved control opcode",
+                masked(true, Opcode::Reserved(0xB), b""),
+                1002,
+            ),
+            ("long ping", masked(true, Opcode::Ping, &[0; 126]), 1002),
+            ("fragmented ping", masked(false, Opcode::Ping, b""), 1002),
+            (
+                "lonely continuation",
+                masked(true, Opcode::Continuation, b"x"),
+                1002,
+            ),
+            ("bad utf8", text_bad, 1007),
+            ("close 1 byte", masked(true, Opcode::Close, &[3]), 1002),
+            (
+                "close code 1005",
+                masked(true, Opcode::Close, &1005u16.to_be_bytes()),
+                1002,
+            ),
+            (
+                "close code 999",
+                masked(true, Opcode::Close, &999u16.to_be_bytes()),
+                1002,
+            ),
+            (
+                "close reason utf8",
+                masked(true, Opcode::Close, &[3, 232, 0xff]),
+                1007,
+            ),
+            (
+                "too big",
+                masked(true, Opcode::Binary, &vec![0; MAX + 1]),
+                1009,
+            ),
+            ("top bit length", top_bit, 1002),
+            (
+                "new message inside fragmented",
+                {
+                    let mut v = masked(false, Opcode::Text, b"a");
+                    v.extend(masked(true, Opcode::Text, b"b"));
+                    v
+                },
+                1002,
+            ),
+        ];
+        for (name, wire, code) in cases {
+            for step in [0, 1, 3] {
+                let (events, out, state) = run(&wire, step);
+                assert_eq!(out_close_code(&out), Some(code), "{name} step {step}");
+                assert!(
+                    matches!(events.last(), Some(OwnedEvent::Failed(_))),
+                    "{name}"
+                );
+                let closed_by_peer = name.starts_with("close");
+                assert!(
+                    matches!(state, State::Closing { .. }) || closed_by_peer,
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn messages_before_a_bad_frame_are_answered_first() {
+        let mut wire = masked(true, Opcode::Text, b"first");
+        wire.extend(masked(true, Opcode::Reserved(5), b""));
+        wire.extend(masked(true, Opcode::Text, b"never"));
+        let (events, out, _) = run(&wire, 0);
+        assert_eq!(
+            events[0],
+            OwnedEvent::Message(MessageKind::Text, b"first".to_vec())
+        );
+        assert_eq!(events.len(), 2);
+        let first = unmasked(Opcode::Text, b"first");
+        assert_eq!(&out[..first.len()], &first[..]);
+        assert_eq!(out_close_code(&out), Some(1002));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_on_the_fragment_that_breaks_it() {
+        // κόσμε then a fragment starting with 0xF4 0x90 (above U+10FFFF): fail there, before fin.
+        let mut c = Connection::new(Role::Server, MAX);
+        let mut failed = None;
+        let mut on = |_: &mut Connection, e: Event<'_>| {
+            if let Event::Failed(err) = e {
+                failed = Some(err);
+            }
+        };
+        c.receive(
+            &mut masked(false, Opcode::Text, "κόσμε".as_bytes()),
+            &mut on,
+        );
+        assert_eq!(c.state(), State::Open);
+        c.receive(
+            &mut masked(false, Opcode::Continuation, &[0xf4, 0x90, 0x80]),
+            &mut on,
+        );
+        assert_eq!(failed, Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_mid_frame() {
+        // One frame whose payload arrives in pieces: fail when the bad byte arrives.
+        let wire = masked(true, Opcode::Text, &[b'a', b'b', 0xff, b'c', b'd', b'e']);
+        let mut c = Connection::new(Role::Server, MAX);
+        let mut failed = 0;
+        c.receive(&mut wire[..8].to_vec(), &mut |_, e| {
+            failed += matches!(e, Event::Failed(_)) as u32
+        });
+        assert_eq!(failed, 0);
+        c.receive(&mut wire[8..9].to_vec(), &mut |_, e| {
+            failed += matches!(e, Event::Failed(_)) as u32
+        });
+        assert_eq!(failed, 1);
+    }
+
+    #[test]
+    fn after_failing_the_peers_close_closes() {
+        let mut wire = masked(true, Opcode::Reserved(3), b"junk");
+        wire.extend(masked(true, Opcode::Text, b"ignored"));
+        wire.extend(masked(true, Opcode::Close, &1002u16.to_be_bytes()));
+        for step in [0, 1, 5] {
+            let (events, out, state) = run(&wire, step);
+            assert_eq!(state, State::Closed, "step {step}");
+            assert_eq!(events.len(), 2);
+            // Our close only; the peer's close is not answered a second time.
+            assert_eq!(out, {
+                let mut c = Connection::new(Role::Server, MAX);
+                c.queue_close(1002, &ProtocolError::UnknownOpcode(3).to_string());
+                let mut v = Vec::new();
+                c.out.flush_to(&mut v).unwrap();
+                v
+            });
+        }
+    }
+
+    #[test]
+    fn a_malformed_close_ends_the_handshake() {
+        for wire in [
+            masked(true, Opcode::Close, &[3]),
+            masked(true, Opcode::Close, &1005u16.to_be_bytes()),
+            masked(true, Opcode::Close, &[0x03, 0xe8, 0xff]),
+            masked(true, Opcode::Close, &[0; 126]),
+        ] {
+            let (events, out, state) = run(&wire, 0);
+            assert_eq!(state, State::Closed, "{wire:x?}");
+            assert!(matches!(events[..], [OwnedEvent::Failed(_)]));
+            assert!(out_close_code(&out).is_some());
+        }
+    }
+
+    #[test]
+    fn server_initiated_close_then_peer_answers() {
+        let mut c = Connection::new(Role::Server, MAX);
+        c.close(1001, "going away");
+        assert_eq!(c.state(), State::Closing { aligned: true });
+        assert!(!c.send(MessageKind::Text, b"late"));
+        let mut n = 0;
+        c.receive(
+            &mut masked(true, Opcode::Text, b"in flight"),
+            &mut |_, _| n += 1,
+        );
+        assert_eq!(n, 0);
+        c.receive(
+            &mut masked(true, Opcode::Close, &1001u16.to_be_bytes()),
+            &mut |_, _| n += 1,
+        );
+        assert_eq!(c.state(), State::Closed);
+    }
+
+    #[test]
+    fn client_role_masks_and_reads_unmasked() {
+        let mut client = Connection::new(Role::Client, MAX);
+        client.send(MessageKind::Text, b"hi");
+        let mut wire = Vec::new();
+        client.out.flush_to(&mut wire).unwrap();
+        let (events, out, _) = run(&wire, 0);
+        assert_eq!(
+            events,
+            vec![OwnedEvent::Message(MessageKind::Text, b"hi".to_vec())]
+        );
+        let mut got = Vec::new();
+        client.receive(&mut out.clone(), &mut |_, e| got.push(OwnedEvent::from(e)));
+        assert_eq!(
+            got,
+            vec![OwnedEvent::Message(MessageKind::Text, b"hi".to_vec())]
+        );
+        // A masked frame to a client is an error.
+        let mut bad = masked(true, Opcode::Text, b"x");
+        let mut failed = None;
+        client.receive(&mut bad, &mut |_, e| {
+            if let Event::Failed(err) = e {
+                failed = Some(err)
+            }
+        });
+        assert_eq!(failed, Some(ProtocolError::MaskedFrame));
+    }
+}

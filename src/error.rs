@@ -1,0 +1,199 @@
+//! The rules a peer can break, one variant each, and the one place that maps each to its
+//! answer: a close code (RFC 6455 §7.4.1) or an HTTP status (RFC 6455 §4.2.2, RFC 9110 §15).
+
+use std::fmt;
+
+/// Close codes this server sends (RFC 6455 §7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+
+    /// Codes a peer may put in a close frame (§7.4.1, §7.4.2): 1000–1003, 1007–1014 and the
+    /// registered/private ranges 3000–4999. 1004–1006 and 1015 must never be sent on the wire.
+    pub fn is_valid_on_wire(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+}
+
+/// A broken rule of the framing or messaging layer; each one fails the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// §5.2: opcodes 3–7 and 0xB–0xF are reserved.
+    UnknownOpcode(u8),
+    /// §5.2: a 64-bit length must have its most significant bit clear.
+    LengthTopBitSet,
+    /// §5.1: "a client MUST mask all frames that it sends to the server".
+    UnmaskedFrame,
+    /// §5.1: "A server MUST NOT mask any frames that it sends to the client".
+    MaskedFrame,
+    /// §5.2: RSV bits must be 0 unless an extension defining them was negotiated.
+    ReservedBits,
+    /// §5.5: control frames carry at most 125 bytes of payload.
+    ControlTooLong,
+    /// §5.5: "Control frames themselves MUST NOT be fragmented."
+    FragmentedControl,
+    /// §5.4: a continuation frame with no message in progress.
+    UnexpectedContinuation,
+    /// §5.4: a new data frame while a fragmented message is still open.
+    ExpectedContinuation,
+    /// §8.1: text messages must be valid UTF-8.
+    InvalidUtf8,
+    /// §5.5.1: a close body of exactly one byte cannot hold a code.
+    CloseBodyTooShort,
+    /// §7.4: a close code that must not appear on the wire.
+    InvalidCloseCode(u16),
+    /// §5.5.1: the close reason must be UTF-8.
+    InvalidCloseReason,
+    /// §10.4: the frame or message is larger than this server accepts.
+    MessageTooBig,
+}
+
+impl ProtocolError {
+    /// The close code that answers this error (§7.4.1).
+    pub fn close_code(self) -> u16 {
+        use ProtocolError::*;
+        match self {
+            InvalidUtf8 | InvalidCloseReason => close_code::INVALID_PAYLOAD,
+            MessageTooBig => close_code::TOO_BIG,
+            UnknownOpcode(_)
+            | LengthTopBitSet
+            | UnmaskedFrame
+            | MaskedFrame
+            | ReservedBits
+            | ControlTooLong
+            | FragmentedControl
+            | UnexpectedContinuation
+            | ExpectedContinuation
+            | CloseBodyTooShort
+            | InvalidCloseCode(_) => close_code::PROTOCOL_ERROR,
+        }
+    }
+
+    /// Whether the frame stream is still in step after this error, so that a close frame
+    /// from the peer can still be recognised while we wait for it.
+    pub fn frames_still_aligned(self) -> bool {
+        self != ProtocolError::LengthTopBitSet
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ProtocolError::*;
+        match self {
+            UnknownOpcode(op) => write!(f, "reserved opcode {op:#x}"),
+            LengthTopBitSet => f.write_str("64-bit payload length with the top bit set"),
+            UnmaskedFrame => f.write_str("unmasked frame from a client"),
+            MaskedFrame => f.write_str("masked frame from a server"),
+            ReservedBits => f.write_str("RSV bits set without a negotiated extension"),
+            ControlTooLong => f.write_str("control frame payload over 125 bytes"),
+            FragmentedControl => f.write_str("fragmented control frame"),
+            UnexpectedContinuation => f.write_str("continuation frame without a message"),
+            ExpectedContinuation => f.write_str("new data frame inside a fragmented message"),
+            InvalidUtf8 => f.write_str("text message is not valid UTF-8"),
+            CloseBodyTooShort => f.write_str("close frame body of 1 byte"),
+            InvalidCloseCode(c) => write!(f, "close code {c} is not allowed on the wire"),
+            InvalidCloseReason => f.write_str("close reason is not valid UTF-8"),
+            MessageTooBig => f.write_str("message over the size limit"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// Why an upgrade request was refused (RFC 6455 §4.2.1, §4.2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// The request head is not valid HTTP/1.1.
+    MalformedHead,
+    /// The request head is larger than the configured limit.
+    HeadTooLarge,
+    /// §4.2.1 (1): the method must be GET.
+    NotGet,
+    /// §4.2.1 (1): HTTP/1.1 or higher.
+    OldHttpVersion,
+    /// §4.2.1 (2): a Host header is required.
+    MissingHost,
+    /// §4.2.1 (3): Upgrade must include the token "websocket".
+    MissingUpgrade,
+    /// §4.2.1 (4): Connection must include the token "Upgrade".
+    MissingConnectionUpgrade,
+    /// §4.2.1 (5): Sec-WebSocket-Key must be base64 of 16 bytes.
+    BadKey,
+    /// §4.2.1 (6): only version 13 is spoken; §4.2.2 says to answer 426 with the versions we do.
+    UnsupportedVersion,
+    /// The request path names no WebSocket endpoint.
+    UnknownPath,
+    /// A resource limit (connections, children) is reached.
+    Unavailable,
+}
+
+impl HandshakeError {
+    /// The HTTP status that answers this error.
+    pub fn status(self) -> u16 {
+        use HandshakeError::*;
+        match self {
+            HeadTooLarge => 431,
+            UnsupportedVersion => 426,
+            UnknownPath => 404,
+            Unavailable => 503,
+            MalformedHead
+            | NotGet
+            | OldHttpVersion
+            | MissingHost
+            | MissingUpgrade
+            | MissingConnectionUpgrade
+            | BadKey => 400,
+        }
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use HandshakeError::*;
+        f.write_str(match self {
+            MalformedHead => "malformed HTTP request head",
+            HeadTooLarge => "request head too large",
+            NotGet => "WebSocket upgrade must use GET",
+            OldHttpVersion => "WebSocket upgrade needs HTTP/1.1 or later",
+            MissingHost => "missing Host header",
+            MissingUpgrade => "Upgrade header must contain \"websocket\"",
+            MissingConnectionUpgrade => "Connection header must contain \"Upgrade\"",
+            BadKey => "Sec-WebSocket-Key must be base64 of 16 bytes",
+            UnsupportedVersion => "unsupported Sec-WebSocket-Version (this server speaks 13)",
+            UnknownPath => "no WebSocket endpoint at this path",
+            Unavailable => "server busy, try again later",
+        })
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_code_ranges() {
+        for c in [1000, 1001, 1002, 1003, 1007, 1010, 1014, 3000, 4999] {
+            assert!(close_code::is_valid_on_wire(c), "{c}");
+        }
+        for c in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert!(!close_code::is_valid_on_wire(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(ProtocolError::InvalidUtf8.close_code(), 1007);
+        assert_eq!(ProtocolError::MessageTooBig.close_code(), 1009);
+        assert_eq!(ProtocolError::ReservedBits.close_code(), 1002);
+        assert_eq!(HandshakeError::UnsupportedVersion.status(), 426);
+        assert_eq!(HandshakeError::HeadTooLarge.status(), 431);
+        assert_eq!(HandshakeError::BadKey.status(), 400);
+    }
+}

@@ -1,0 +1,19 @@
+//! wsloop: an RFC 6455 WebSocket server on one `mio` event loop.
+//!
+//! The protocol lives in sans-I/O modules that never touch a socket — [`frame`] (the codec),
+//! [`handshake`] (the opening handshake), [`connection`] (one connection's protocol) and
+//! [`http`] (plain HTTP answers) — so tests and fuzzers drive them with bytes alone.
+//! [`server`] is the loop that moves bytes between them and the sockets.
+
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod http;
+pub mod outbox;
+pub mod server;
+pub mod utf8;
+
+pub use config::Config;
+pub use server::Server;

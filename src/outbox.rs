@@ -1,0 +1,255 @@
+//! A connection's pending output: its own bytes and frames shared with other receivers,
+//! kept in order and written with one `write_vectored` per loop turn.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+/// A frame encoded once and sent to many connections (a broadcast).
+pub type SharedFrame = Rc<[u8]>;
+
+#[derive(Debug)]
+enum Segment {
+    /// Bytes of `Outbox::own` up to this offset.
+    Own(usize),
+    Shared(SharedFrame),
+}
+
+/// Pending output, in order. Own bytes are appended to one buffer; a shared frame is queued by
+/// reference, so a broadcast costs each receiver a pointer rather than a copy.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    own: Vec<u8>,
+    /// Bytes of `own` already written.
+    own_sent: usize,
+    /// Bytes of the front shared frame already written.
+    shared_sent: usize,
+    segments: VecDeque<Segment>,
+}
+
+/// Above this, a drained buffer is given back rather than kept for the next message, so an
+/// idle connection holds no more than a few hundred bytes.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// At most this many slices go to one `write_vectored` (Linux's IOV_MAX is 1024).
+const MAX_SLICES: usize = 64;
+
+impl Outbox {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        let shared: usize = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Shared(f) => f.len(),
+                Segment::Own(_) => 0,
+            })
+            .sum();
+        self.own.len() - self.own_sent + shared - self.shared_sent
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The buffer to append own bytes to; call [`Outbox::commit`] after writing into it.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.own
+    }
+
+    /// Records bytes appended through [`Outbox::buf`] as the next thing to send.
+    pub fn commit(&mut self) {
+        let end = self.own.len();
+        if let Some(Segment::Own(e)) = self.segments.back_mut() {
+            *e = end;
+        } else if self.last_own_end() < end {
+            self.segments.push_back(Segment::Own(end));
+        }
+    }
+
+    fn last_own_end(&self) -> usize {
+        self.segments
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Segment::Own(e) => Some(*e),
+                Segment::Shared(_) => None,
+            })
+            .unwrap_or(self.own_sent)
+    }
+
+    /// Appends own bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.own.extend_from_slice(bytes);
+        self.commit();
+    }
+
+    /// Queues a frame shared with other connections.
+    pub fn push_shared(&mut self, frame: SharedFrame) {
+        if !frame.is_empty() {
+            self.segments.push_back(Segment::Shared(frame));
+        }
+    }
+
+    /// Writes as much as the writer takes. `Ok(true)` when everything is out,
+    /// `Ok(false)` when the writer would block with bytes still pending.
+    pub fn flush_to<W: Write>(&mut self, w: &mut W) -> io::Result<bool> {
+        while !self.segments.is_empty() {
+            let n = {
+                let mut slices: [IoSlice<'_>; MAX_SLICES] = [IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                let mut own_at = self.own_sent;
+                for (i, seg) in self.segments.iter().enumerate().take(MAX_SLICES) {
+                    slices[i] = match seg {
+                        Segment::Own(end) => {
+                            let s = IoSlice::new(&self.own[own_at..*end]);
+                            own_at = *end;
+                            s
+                        }
+                        Segment::Shared(f) if i == 0 => IoSlice::new(&f[self.shared_sent..]),
+                        Segment::Shared(f) => IoSlice::new(f),
+                    };
+                    count = i + 1;
+                }
+                match w.write_vectored(&slices[..count]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            self.advance(n);
+        }
+        Ok(true)
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            match self.segments.front() {
+                Some(Segment::Own(end)) => {
+                    let left = end - self.own_sent;
+                    if n < left {
+                        self.own_sent += n;
+                        return;
+                    }
+                    n -= left;
+                    self.own_sent = *end;
+                    self.segments.pop_front();
+                }
+                Some(Segment::Shared(f)) => {
+                    let left = f.len() - self.shared_sent;
+                    if n < left {
+                        self.shared_sent += n;
+                        return;
+                    }
+                    n -= left;
+                    self.shared_sent = 0;
+                    self.segments.pop_front();
+                }
+                None => return,
+            }
+        }
+        if self.segments.is_empty() {
+            self.own.clear();
+            self.own_sent = 0;
+            if self.own.capacity() > KEEP_CAPACITY {
+                self.own = Vec::new();
+            }
+        }
+    }
+
+    /// Gives back all memory once nothing is pending (for connections about to idle).
+    pub fn shrink(&mut self) {
+        if self.segments.is_empty() {
+            self.own = Vec::new();
+            self.own_sent = 0;
+            self.segments = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `step` bytes per call and blocks every other call.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(2) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = (self.step - n).min(b.len());
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn keeps_order_across_own_and_shared_with_partial_writes() {
+        for step in 1..12 {
+            let mut o = Outbox::new();
+            let shared: SharedFrame = Rc::from(&b"SHARED"[..]);
+            o.push(b"one,");
+            o.push_shared(shared.clone());
+            o.push(b",two,");
+            o.push(b"three");
+            o.push_shared(shared.clone());
+            assert_eq!(o.len(), 4 + 6 + 5 + 5 + 6);
+            let mut w = Trickle {
+                got: Vec::new(),
+                step,
+                calls: 0,
+            };
+            let mut rounds = 0;
+            while !o.flush_to(&mut w).unwrap() {
+                rounds += 1;
+                assert!(rounds < 100);
+            }
+            assert_eq!(w.got, b"one,SHARED,two,threeSHARED", "step {step}");
+            assert!(o.is_empty());
+            assert_eq!(o.len(), 0);
+        }
+    }
+
+    #[test]
+    fn appending_while_partly_written() {
+        let mut o = Outbox::new();
+        o.push(b"abcdef");
+        let mut w = Trickle {
+            got: Vec::new(),
+            step: 2,
+            calls: 0,
+        };
+        assert!(!o.flush_to(&mut w).unwrap());
+        o.push(b"gh");
+        o.push_shared(Rc::from(&b"XY"[..]));
+        while !o.flush_to(&mut w).unwrap() {}
+        assert_eq!(w.got, b"abcdefghXY");
+    }
+}

@@ -1,0 +1,363 @@
+// Drives www/index.html (the test console) and www/broadcast.html (the
+// notification page) in headless Chromium against a real wsloop server.
+//
+// Run with tests/browser/run.sh, or `node --test tests/browser/` once the
+// release binary, /usr/bin/chromium and node_modules are in place.
+// WSLOOP_BIN and CHROMIUM_PATH override where the two binaries are found.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = resolve(HERE, "..", "..");
+const SERVER_BIN = process.env.WSLOOP_BIN || join(ROOT, "target", "release", "wsloop");
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const SCREENSHOTS = join(HERE, "screenshots");
+
+const STEP_MS = 5_000;         // any single wait in a page
+const SERVER_START_MS = 15_000;
+const CASE_MS = 30_000;
+const WHOLE_RUN_MS = 180_000;  // watchdog for the whole file
+
+let server;      // { child, port, output }
+let browser;
+let context;
+let baseUrl;
+let showcase;    // the console page saved as screenshots/console.png
+let notifierShowcase;   // the notification page saved as screenshots/broadcast.png
+const pages = [];
+
+// ---------------------------------------------------------------------------
+// Server and browser lifecycle
+// ---------------------------------------------------------------------------
+
+function startServer() {
+  return new Promise((resolvePort, reject) => {
+    const child = spawn(SERVER_BIN, ["--port", "0", "--bind", "127.0.0.1", "--protocol", "chat,superchat"], {
+      cwd: ROOT,
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const state = { child, port: 0, output: "" };
+    const timer = setTimeout(() => {
+      stopServer(state);
+      reject(new Error(`wsloop did not log "listening on" within ${SERVER_START_MS} ms:\n${state.output}`));
+    }, SERVER_START_MS);
+
+    const watch = (chunk) => {
+      state.output += chunk.toString();
+      const match = state.output.match(/listening on ws:\/\/127\.0\.0\.1:(\d+)/);
+      if (match && state.port === 0) {
+        state.port = Number(match[1]);
+        clearTimeout(timer);
+        resolvePort(state);
+      }
+    };
+    child.stderr.on("data", watch);
+    child.stdout.on("data", watch);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${SERVER_BIN}: ${err.message}`));
+    });
+    child.on("exit", (code, signal) => {
+      if (state.port === 0) {
+        clearTimeout(timer);
+        reject(new Error(`wsloop exited (code ${code}, signal ${signal}) before listening:\n${state.output}`));
+      }
+    });
+  });
+}
+
+// SIGTERM by PID, then SIGKILL if it is still there after two seconds.
+function stopServer(state) {
+  const { child } = state;
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((done) => {
+    const force = setTimeout(() => { try { process.kill(child.pid, "SIGKILL"); } catch {} done(); }, 2_000);
+    child.once("exit", () => { clearTimeout(force); done(); });
+    try { process.kill(child.pid, "SIGTERM"); } catch { clearTimeout(force); done(); }
+  });
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const limit = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} took over ${ms} ms`)), ms); });
+  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
+}
+
+// If anything hangs, the server still goes and the run still ends.
+const watchdog = setTimeout(() => {
+  console.error(`browser tests: watchdog fired after ${WHOLE_RUN_MS} ms`);
+  if (server) { try { process.kill(server.child.pid, "SIGKILL"); } catch {} }
+  process.exit(2);
+}, WHOLE_RUN_MS);
+watchdog.unref();
+process.on("exit", () => {
+  if (server && server.child.exitCode === null) { try { process.kill(server.child.pid, "SIGKILL"); } catch {} }
+});
+
+before(async () => {
+  server = await startServer();
+  baseUrl = `http://127.0.0.1:${server.port}`;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    timeout: 30_000,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  context.setDefaultTimeout(STEP_MS);
+  context.setDefaultNavigationTimeout(STEP_MS);
+}, { timeout: 60_000 });
+
+after(async () => {
+  for (const [page, file] of [[showcase, "console.png"], [notifierShowcase, "broadcast.png"]]) {
+    if (!page || page.isClosed()) continue;
+    try {
+      mkdirSync(SCREENSHOTS, { recursive: true });
+      await page.evaluate(() => window.scrollTo(0, 0));
+      await withTimeout(page.screenshot({ path: join(SCREENSHOTS, file) }), STEP_MS, "screenshot");
+    } catch (err) {
+      console.error(`could not save ${file}: ${err.message}`);
+    }
+  }
+  if (browser) await withTimeout(browser.close(), 10_000, "closing the browser").catch((err) => console.error(err.message));
+  if (server) await stopServer(server);
+  clearTimeout(watchdog);
+}, { timeout: 30_000 });
+
+// ---------------------------------------------------------------------------
+// Page helpers
+// ---------------------------------------------------------------------------
+
+// Opens a page and collects its uncaught script errors, which fail the case.
+async function openPage(path) {
+  const page = await context.newPage();
+  page.scriptErrors = [];
+  page.on("pageerror", (err) => page.scriptErrors.push(err.message));
+  await page.goto(baseUrl + path);
+  pages.push(page);
+  return page;
+}
+
+function assertNoScriptErrors(page) {
+  assert.deepEqual(page.scriptErrors, [], "the page threw script errors");
+}
+
+async function waitForState(page, text) {
+  await page.locator("#state", { hasText: text }).waitFor();
+}
+
+// Waits for a log line of one kind (open, message, sent, close, problem, ...)
+// that contains every given piece of text, and returns its text.
+async function waitForLog(page, kind, ...pieces) {
+  let line = page.locator(`#log .entry[data-kind="${kind}"]`);
+  for (const piece of pieces) line = line.filter({ hasText: piece });
+  await line.first().waitFor();
+  return line.first().innerText();
+}
+
+async function openConsoleAndConnect({ protocols = "" } = {}) {
+  const page = await openPage("/");
+  if (protocols) await page.fill("#protocols", protocols);
+  await page.click("#connect");
+  await waitForState(page, "OPEN (1)");
+  return page;
+}
+
+// ---------------------------------------------------------------------------
+// Cases
+// ---------------------------------------------------------------------------
+
+test("1. the console connects and shows readyState OPEN (1)", { timeout: CASE_MS }, async () => {
+  const page = await openPage("/");
+  assert.equal(await page.inputValue("#url"), `ws://127.0.0.1:${server.port}/echo`, "URL field is prefilled");
+
+  await page.click("#connect");
+  await waitForState(page, "OPEN (1)");
+  assert.equal(await page.textContent("#state"), "OPEN (1)");
+  await waitForLog(page, "open");
+  assert.equal(await page.textContent("#protocol"), "(none)", "no subprotocol was offered");
+  assert.match(await page.textContent("#buffered"), /^\d+ bytes?$/);
+  assertNoScriptErrors(page);
+});
+
+test("2. text and binary messages are echoed into the log", { timeout: CASE_MS }, async () => {
+  const page = await openConsoleAndConnect();
+
+  const text = "hello wsloop ✓ (ütf-8)";
+  await page.fill("#text", text);
+  await page.click("#send-text");
+  const textLine = await waitForLog(page, "message", text);
+  assert.match(textLine, /text · 25 bytes/, "text echo shows its type and UTF-8 size");
+
+  // binaryType arraybuffer: the echo arrives as an ArrayBuffer.
+  await page.selectOption("#binary-type", "arraybuffer");
+  await page.fill("#hex", "de ad be ef 00 01 7f ff");
+  await page.click("#send-binary");
+  const bufferLine = await waitForLog(page, "message", "de ad be ef 00 01 7f ff");
+  assert.match(bufferLine, /binary \(ArrayBuffer\) · 8 bytes/);
+
+  // binaryType blob: the echo arrives as a Blob and is read before it is shown.
+  await page.selectOption("#binary-type", "blob");
+  await page.fill("#hex", "0x0a,0x0b,0x0c");
+  await page.click("#send-binary");
+  const blobLine = await waitForLog(page, "message", "0a 0b 0c");
+  assert.match(blobLine, /binary \(Blob\) · 3 bytes/);
+
+  // The bytes of a chosen file.
+  await page.setInputFiles("#file", { name: "ping.bin", mimeType: "application/octet-stream", buffer: Buffer.from([1, 2, 3, 250]) });
+  await page.click("#send-file");
+  const fileLine = await waitForLog(page, "message", "01 02 03 fa");
+  assert.match(fileLine, /binary \(Blob\) · 4 bytes/);
+
+  // A long binary message is shown truncated.
+  await page.fill("#hex", "ab".repeat(300));
+  await page.click("#send-binary");
+  await waitForLog(page, "message", "300 bytes", "(44 more bytes)");
+
+  // Bad hex is refused in the page.
+  await page.fill("#hex", "abc");
+  await page.click("#send-binary");
+  await page.locator("#send-error", { hasText: "even number" }).waitFor();
+
+  assert.equal(await page.textContent("#state"), "OPEN (1)");
+  assertNoScriptErrors(page);
+});
+
+test("3. closing with 4000 and a reason shows the code, its meaning and the reason", { timeout: CASE_MS }, async () => {
+  const page = await openConsoleAndConnect();
+  showcase = page;
+
+  await page.fill("#text", "one message before closing");
+  await page.click("#send-text");
+  await waitForLog(page, "message", "one message before closing");
+  await page.fill("#hex", "c0 ff ee");
+  await page.click("#send-binary");
+  await waitForLog(page, "message", "c0 ff ee");
+
+  await page.fill("#close-code", "4000");
+  await page.fill("#close-reason", "done testing");
+  await page.click("#close");
+
+  const line = await waitForLog(page, "close", "4000");
+  assert.match(line, /4000 Private use/);
+  assert.match(line, /"done testing"/);
+  assert.match(line, /wasClean true/);
+  await waitForState(page, "CLOSED (3)");
+  assert.equal(await page.textContent("#close-error"), "", "no error for a valid code");
+  assertNoScriptErrors(page);
+});
+
+test("4. a notification published from broadcast.html reaches the console in room news", { timeout: CASE_MS }, async () => {
+  const consolePage = await openPage("/");
+  await consolePage.fill("#room", "news");
+  await consolePage.click("#join-room");
+  await waitForState(consolePage, "OPEN (1)");
+  assert.equal(await consolePage.inputValue("#url"), `ws://127.0.0.1:${server.port}/room/news`);
+
+  const notifier = await openPage("/broadcast.html");
+  assert.equal(await notifier.inputValue("#room"), "news", "room defaults to news");
+  const notice = `Breaking: wsloop ships (${Date.now()})`;
+  await notifier.fill("#message", notice);
+  await notifier.click("#publish");
+  await notifier.locator("#result", { hasText: "delivered" }).waitFor();
+  const result = await notifier.textContent("#result");
+  assert.match(result, /\{"delivered":1\}/, `publish answer: ${result}`);
+
+  const line = await waitForLog(consolePage, "message", notice);
+  assert.match(line, /text ·/, "a text/plain publish arrives as a text message");
+  assertNoScriptErrors(consolePage);
+  assertNoScriptErrors(notifier);
+});
+
+test("4b. broadcast.html's live mode shows what arrives in the room", { timeout: CASE_MS }, async () => {
+  const notifier = await openPage("/broadcast.html");
+  notifierShowcase = notifier;
+  await notifier.fill("#room", "live-test");
+  await notifier.click("#live-toggle");
+  await notifier.locator("#live-state", { hasText: "OPEN (1)" }).waitFor();
+
+  // Another client in the room speaks; the live feed shows it.
+  const consolePage = await openPage("/");
+  await consolePage.fill("#room", "live-test");
+  await consolePage.click("#join-room");
+  await waitForState(consolePage, "OPEN (1)");
+  await consolePage.fill("#text", "said in the room");
+  await consolePage.click("#send-text");
+  await notifier.locator("#live-log li", { hasText: "said in the room" }).waitFor();
+
+  // A publish reaches both the console and the live feed.
+  await notifier.fill("#message", "published to two");
+  await notifier.click("#publish");
+  await notifier.locator("#result", { hasText: '{"delivered":2}' }).waitFor();
+  await notifier.locator("#live-log li", { hasText: "published to two" }).waitFor();
+  await waitForLog(consolePage, "message", "published to two");
+  assertNoScriptErrors(notifier);
+});
+
+test("5. a subprotocol chosen in the page is shown as negotiated", { timeout: CASE_MS }, async () => {
+  const page = await openConsoleAndConnect({ protocols: "superchat" });
+  await page.locator("#protocol", { hasText: "superchat" }).waitFor();
+  assert.equal(await page.textContent("#protocol"), "superchat");
+  await waitForLog(page, "open", 'protocol "superchat"');
+
+  // Offering several: the server picks the first of its own list (chat, superchat).
+  await page.fill("#protocols", "superchat, chat");
+  await page.click("#connect");
+  await waitForLog(page, "open", 'protocol "chat"');
+  assert.equal(await page.textContent("#protocol"), "chat");
+  assertNoScriptErrors(page);
+});
+
+test("6. an invalid close code or reason is refused in the page with a visible error", { timeout: CASE_MS }, async () => {
+  const page = await openConsoleAndConnect();
+  const error = page.locator("#close-error");
+
+  for (const code of ["1005", "2999", "5000", "abc"]) {
+    await page.fill("#close-code", code);
+    await page.click("#close");
+    await error.filter({ hasText: code }).waitFor();
+    assert.ok(await error.isVisible(), `the error for ${code} is visible`);
+  }
+  assert.match(await error.textContent(), /not a whole number/);
+
+  await page.fill("#close-code", "1005");
+  await page.click("#close");
+  assert.match(await error.textContent(), /1005 No Status Rcvd/);
+  assert.match(await error.textContent(), /1000 or 3000–4999/);
+
+  // 62 × "é" is 124 UTF-8 bytes: one too many.
+  await page.fill("#close-code", "4001");
+  await page.fill("#close-reason", "é".repeat(62));
+  await page.click("#close");
+  await error.filter({ hasText: "124 UTF-8 bytes" }).waitFor();
+
+  // Nothing was closed.
+  assert.equal(await page.textContent("#state"), "OPEN (1)");
+  assert.equal(await page.locator('#log .entry[data-kind="close"]').count(), 0);
+
+  // A valid pair clears the error and closes.
+  await page.fill("#close-reason", "é".repeat(61));
+  await page.click("#close");
+  await waitForLog(page, "close", "4001");
+  assert.equal(await error.textContent(), "");
+  assertNoScriptErrors(page);
+});
+
+test("7. the console and the notification page link to each other", { timeout: CASE_MS }, async () => {
+  const page = await openPage("/");
+  await page.click("header nav a");
+  await page.waitForURL(`${baseUrl}/broadcast.html`);
+  await page.locator("#publish").waitFor();
+
+  await page.click("header nav a");
+  await page.waitForURL(`${baseUrl}/`);
+  await page.locator("#connect").waitFor();
+  assertNoScriptErrors(page);
+});
