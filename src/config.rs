@@ -41,6 +41,10 @@ pub struct Config {
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub http_idle_timeout: Duration,
 
+    /// A connection quiet for this long gives back the buffers it kept for reuse.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shrink_after: Duration,
+
     /// Size of the one read buffer the event loop shares between all connections, in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     pub read_buffer_size: usize,

@@ -9,10 +9,10 @@ use std::mem;
 
 use crate::error::{close_code, ProtocolError};
 use crate::frame::{
-    apply_mask, encode_frame, parse_header, random_mask, FrameHeader, Opcode, Parse, Role,
-    MAX_HEADER_LEN,
+    apply_mask, encode_frame, encode_header, parse_header, random_mask, FrameHeader, Opcode, Parse,
+    Role, MAX_HEADER_LEN,
 };
-use crate::outbox::{Outbox, SharedFrame};
+use crate::outbox::{Outbox, SharedFrame, KEEP_CAPACITY};
 use crate::utf8::Utf8Validator;
 
 /// The kind of a data message (§5.6).
@@ -32,11 +32,29 @@ impl MessageKind {
     }
 }
 
+/// A message's bytes: borrowed from the caller's buffer (a frame that arrived whole), or the
+/// buffer it was assembled in, which [`Connection::send_payload`] can move out without a copy.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Assembled(&'a mut Vec<u8>),
+}
+
+impl std::ops::Deref for Payload<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Assembled(v) => v,
+        }
+    }
+}
+
 /// What the peer did, as seen by the application.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A whole message.
-    Message(MessageKind, &'a [u8]),
+    Message(MessageKind, Payload<'a>),
     /// A ping; the pong is already queued (§5.5.2).
     Ping(&'a [u8]),
     /// A pong; needs no answer (§5.5.3).
@@ -93,6 +111,8 @@ pub struct Connection {
     frame: Option<PartialFrame>,
     message: Option<Assembly>,
     control: Vec<u8>,
+    /// The buffer of the last assembled message, kept for the next one until [`Connection::shrink`].
+    spare: Vec<u8>,
     /// Bytes to send to the peer.
     pub out: Outbox,
 }
@@ -109,8 +129,15 @@ impl Connection {
             frame: None,
             message: None,
             control: Vec::new(),
+            spare: Vec::new(),
             out: Outbox::new(),
         }
+    }
+
+    /// Gives back the buffers kept for reuse; the server calls it when the connection is quiet.
+    pub fn shrink(&mut self) {
+        self.spare = Vec::new();
+        self.out.shrink();
     }
 
     pub fn state(&self) -> State {
@@ -260,9 +287,15 @@ impl Connection {
                 if std::str::from_utf8(payload).is_err() {
                     return self.fail(ProtocolError::InvalidUtf8, None, on);
                 }
-                on(self, Event::Message(MessageKind::Text, payload));
+                on(
+                    self,
+                    Event::Message(MessageKind::Text, Payload::Borrowed(payload)),
+                );
             }
-            Opcode::Binary => on(self, Event::Message(MessageKind::Binary, payload)),
+            Opcode::Binary => on(
+                self,
+                Event::Message(MessageKind::Binary, Payload::Borrowed(payload)),
+            ),
             _ => self.control_frame(opcode, payload, on),
         }
     }
@@ -274,9 +307,14 @@ impl Connection {
             } else {
                 MessageKind::Binary
             };
+            let mut data = mem::take(&mut self.spare);
+            if data.capacity() == 0 {
+                data = self.out.take_reclaimed();
+            }
+            data.reserve((h.len as usize).min(RESERVE_LIMIT));
             self.message = Some(Assembly {
                 kind,
-                data: Vec::with_capacity((h.len as usize).min(RESERVE_LIMIT)),
+                data,
                 utf8: Utf8Validator::new(),
             });
         }
@@ -341,11 +379,20 @@ impl Connection {
         if !frame.fin {
             return;
         }
-        let Some(m) = self.message.take() else { return };
+        let Some(mut m) = self.message.take() else {
+            return;
+        };
         if !m.utf8.is_complete() {
             return self.fail(ProtocolError::InvalidUtf8, None, on);
         }
-        on(self, Event::Message(m.kind, &m.data));
+        on(
+            self,
+            Event::Message(m.kind, Payload::Assembled(&mut m.data)),
+        );
+        if m.data.capacity() > 0 && m.data.capacity() <= KEEP_CAPACITY {
+            m.data.clear();
+            self.spare = m.data;
+        }
     }
 
     fn control_frame<F>(&mut self, opcode: Opcode, payload: &[u8], on: &mut F)
@@ -427,6 +474,29 @@ impl Connection {
         }
         self.queue(kind.opcode(), data);
         true
+    }
+
+    /// Queues a data message from an event's payload; an assembled one is moved, not copied.
+    pub fn send_payload(&mut self, kind: MessageKind, payload: Payload<'_>) -> bool {
+        match payload {
+            Payload::Borrowed(data) => self.send(kind, data),
+            Payload::Assembled(data) if self.state == State::Open => {
+                let mask = match self.role {
+                    Role::Server => None,
+                    Role::Client => Some(random_mask()),
+                };
+                let mut head = [0u8; MAX_HEADER_LEN];
+                let n = encode_header(&mut head, true, kind.opcode(), mask, data.len());
+                self.out.push(&head[..n]);
+                let mut data = mem::take(data);
+                if let Some(key) = mask {
+                    apply_mask(&mut data, key, 0);
+                }
+                self.out.push_moved(data);
+                true
+            }
+            Payload::Assembled(_) => false,
+        }
     }
 
     /// Queues a frame encoded once for many receivers (server role only: it is unmasked).
@@ -534,7 +604,9 @@ mod tests {
         let mut events = Vec::new();
         let mut on = |c: &mut Connection, e: Event<'_>| {
             if let Event::Message(k, d) = e {
-                c.send(k, d);
+                events.push(OwnedEvent::Message(k, d.to_vec()));
+                c.send_payload(k, d);
+                return;
             }
             events.push(OwnedEvent::from(e));
         };
@@ -593,7 +665,9 @@ mod tests {
             let mut events = Vec::new();
             let mut on = |c: &mut Connection, e: Event<'_>| {
                 if let Event::Message(k, d) = e {
-                    c.send(k, d);
+                    events.push(OwnedEvent::Message(k, d.to_vec()));
+                    c.send_payload(k, d);
+                    return;
                 }
                 events.push(OwnedEvent::from(e));
             };

@@ -13,6 +13,8 @@ enum Segment {
     /// Bytes of `Outbox::own` up to this offset.
     Own(usize),
     Shared(SharedFrame),
+    /// A whole buffer handed over without a copy (an assembled message being echoed).
+    Moved(Vec<u8>),
 }
 
 /// Pending output, in order. Own bytes are appended to one buffer; a shared frame is queued by
@@ -25,11 +27,14 @@ pub struct Outbox {
     /// Bytes of the front shared frame already written.
     shared_sent: usize,
     segments: VecDeque<Segment>,
+    /// A moved-in buffer that has been written, kept for the owner to reuse.
+    reclaimed: Vec<u8>,
 }
 
-/// Above this, a drained buffer is given back rather than kept for the next message, so an
-/// idle connection holds no more than a few hundred bytes.
-const KEEP_CAPACITY: usize = 64 * 1024;
+/// Above this, a drained buffer is given back rather than kept for the next message. Below it,
+/// a busy connection reuses its buffer; the server's idle sweep ([`Outbox::shrink`]) takes it
+/// back once the connection goes quiet.
+pub const KEEP_CAPACITY: usize = 1024 * 1024;
 
 /// At most this many slices go to one `write_vectored` (Linux's IOV_MAX is 1024).
 const MAX_SLICES: usize = 64;
@@ -46,6 +51,7 @@ impl Outbox {
             .iter()
             .map(|s| match s {
                 Segment::Shared(f) => f.len(),
+                Segment::Moved(v) => v.len(),
                 Segment::Own(_) => 0,
             })
             .sum();
@@ -77,7 +83,7 @@ impl Outbox {
             .rev()
             .find_map(|s| match s {
                 Segment::Own(e) => Some(*e),
-                Segment::Shared(_) => None,
+                _ => None,
             })
             .unwrap_or(self.own_sent)
     }
@@ -93,6 +99,19 @@ impl Outbox {
         if !frame.is_empty() {
             self.segments.push_back(Segment::Shared(frame));
         }
+    }
+
+    /// Queues a buffer by moving it in: no copy. Once written it may come back through
+    /// [`Outbox::take_reclaimed`].
+    pub fn push_moved(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.segments.push_back(Segment::Moved(bytes));
+        }
+    }
+
+    /// A written, emptied buffer from [`Outbox::push_moved`], if one is kept.
+    pub fn take_reclaimed(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.reclaimed)
     }
 
     /// Writes as much as the writer takes. `Ok(true)` when everything is out,
@@ -112,6 +131,8 @@ impl Outbox {
                         }
                         Segment::Shared(f) if i == 0 => IoSlice::new(&f[self.shared_sent..]),
                         Segment::Shared(f) => IoSlice::new(f),
+                        Segment::Moved(v) if i == 0 => IoSlice::new(&v[self.shared_sent..]),
+                        Segment::Moved(v) => IoSlice::new(v),
                     };
                     count = i + 1;
                 }
@@ -142,15 +163,21 @@ impl Outbox {
                     self.own_sent = *end;
                     self.segments.pop_front();
                 }
-                Some(Segment::Shared(f)) => {
-                    let left = f.len() - self.shared_sent;
+                Some(Segment::Shared(_) | Segment::Moved(_)) => {
+                    let left = self.front_len() - self.shared_sent;
                     if n < left {
                         self.shared_sent += n;
                         return;
                     }
                     n -= left;
                     self.shared_sent = 0;
-                    self.segments.pop_front();
+                    if let Some(Segment::Moved(mut v)) = self.segments.pop_front() {
+                        if v.capacity() <= KEEP_CAPACITY && v.capacity() > self.reclaimed.capacity()
+                        {
+                            v.clear();
+                            self.reclaimed = v;
+                        }
+                    }
                 }
                 None => return,
             }
@@ -164,9 +191,18 @@ impl Outbox {
         }
     }
 
-    /// Gives back all memory once nothing is pending (for connections about to idle).
+    fn front_len(&self) -> usize {
+        match self.segments.front() {
+            Some(Segment::Shared(f)) => f.len(),
+            Some(Segment::Moved(v)) => v.len(),
+            _ => 0,
+        }
+    }
+
+    /// Gives back all memory once nothing is pending (for connections gone quiet).
     pub fn shrink(&mut self) {
-        if self.segments.is_empty() {
+        self.reclaimed = Vec::new();
+        if self.segments.is_empty() && self.own.capacity() > 0 {
             self.own = Vec::new();
             self.own_sent = 0;
             self.segments = VecDeque::new();
@@ -220,7 +256,9 @@ mod tests {
             o.push(b",two,");
             o.push(b"three");
             o.push_shared(shared.clone());
-            assert_eq!(o.len(), 4 + 6 + 5 + 5 + 6);
+            o.push_moved(b"MOVED".to_vec());
+            o.push(b"!");
+            assert_eq!(o.len(), 4 + 6 + 5 + 5 + 6 + 5 + 1);
             let mut w = Trickle {
                 got: Vec::new(),
                 step,
@@ -231,8 +269,9 @@ mod tests {
                 rounds += 1;
                 assert!(rounds < 100);
             }
-            assert_eq!(w.got, b"one,SHARED,two,threeSHARED", "step {step}");
+            assert_eq!(w.got, b"one,SHARED,two,threeSHAREDMOVED!", "step {step}");
             assert!(o.is_empty());
+            assert!(o.take_reclaimed().capacity() >= 5);
             assert_eq!(o.len(), 0);
         }
     }

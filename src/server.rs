@@ -45,6 +45,8 @@ struct Client {
     deadline: Option<Instant>,
     /// Already in the list of connections to flush this turn.
     queued: bool,
+    /// Bytes arrived since the last idle sweep.
+    active: bool,
 }
 
 /// Where a connection stands: awaiting a request head (the handshake, or plain HTTP with
@@ -104,6 +106,8 @@ pub struct Server {
     to_read: Vec<usize>,
     signals: Option<mio::unix::pipe::Receiver>,
     stopping: Option<Instant>,
+    /// When quiet connections next give back their spare buffers.
+    next_sweep: Instant,
 }
 
 impl Server {
@@ -115,6 +119,7 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
+        let config_sweep = config.shrink_after;
         let www = match &config.www {
             Some(dir) => WebRoot::dir(dir)?,
             None => WebRoot::embedded(),
@@ -133,6 +138,7 @@ impl Server {
             to_read: Vec::new(),
             signals: None,
             stopping: None,
+            next_sweep: Instant::now() + config_sweep,
         })
     }
 
@@ -157,9 +163,9 @@ impl Server {
         info!("listening on ws://{}", self.local_addr);
         loop {
             let timeout = if self.to_read.is_empty() {
-                self.timers
-                    .peek()
-                    .map(|Reverse((at, _, _))| at.saturating_duration_since(Instant::now()))
+                let next = self.timers.peek().map(|Reverse((at, _, _))| *at);
+                let next = next.map_or(self.next_sweep, |t| t.min(self.next_sweep));
+                Some(next.saturating_duration_since(Instant::now()))
             } else {
                 Some(std::time::Duration::ZERO)
             };
@@ -174,8 +180,10 @@ impl Server {
                     SIGNALS => self.on_signal(),
                     Token(t) => {
                         let key = t >> TOKEN_SHIFT;
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                        if event.is_read_closed() || event.is_error() {
+                            self.on_readable(key, true);
+                        } else if event.is_readable() {
+                            self.on_readable(key, false);
                         }
                         if event.is_writable() {
                             self.queue_flush(key);
@@ -184,10 +192,13 @@ impl Server {
                 }
             }
             for key in mem::take(&mut self.to_read) {
-                self.on_readable(key);
+                self.on_readable(key, true);
             }
             self.flush_all();
             self.expire_timers();
+            if Instant::now() >= self.next_sweep {
+                self.sweep();
+            }
             if let Some(deadline) = self.stopping {
                 if self.clients.is_empty() || Instant::now() >= deadline {
                     info!("stopped");
@@ -239,6 +250,7 @@ impl Server {
                 phase: Phase::Http(HttpState::default()),
                 deadline: None,
                 queued: false,
+                active: true,
             });
             self.set_deadline(key, self.config.handshake_timeout);
             debug!("{peer}: connected");
@@ -246,7 +258,9 @@ impl Server {
     }
 
     /// Reads what the socket has, a bounded number of times, and hands each piece on.
-    fn on_readable(&mut self, key: usize) {
+    /// `drain`: read until `WouldBlock` even after a short read, because the peer's FIN (or
+    /// an error) came with this edge and no later edge will announce it.
+    fn on_readable(&mut self, key: usize, drain: bool) {
         let mut buf = mem::take(&mut self.rbuf);
         let mut reads = 0;
         while let Some(client) = self.clients.get_mut(key) {
@@ -271,7 +285,7 @@ impl Server {
                 }
             };
             self.on_bytes(key, &mut buf[..n]);
-            if n < buf.len() {
+            if n < buf.len() && !drain {
                 // A short read emptied the socket; the next arrival raises a new edge.
                 break;
             }
@@ -291,7 +305,9 @@ impl Server {
     }
 
     fn on_bytes(&mut self, key: usize, data: &mut [u8]) {
-        match &self.clients[key].phase {
+        let client = &mut self.clients[key];
+        client.active = true;
+        match &client.phase {
             Phase::Http(_) => self.http_input(key, data),
             Phase::WebSocket(_) => self.ws_input(key, data),
             Phase::Linger => {}
@@ -468,26 +484,27 @@ impl Server {
         true
     }
 
+    /// Feeds a WebSocket connection and acts on its events.
     fn ws_input(&mut self, key: usize, data: &mut [u8]) {
+        if data.is_empty() {
+            return;
+        }
         let client = &mut self.clients[key];
         let Phase::WebSocket(ws) = &mut client.phase else {
             return;
         };
-        if data.is_empty() {
-            return;
-        }
         let peer = client.peer;
         let before = ws.conn.state();
-        match ws.route {
-            Route::Echo => ws
-                .conn
-                .receive(data, &mut |c: &mut Connection, e: Event<'_>| match e {
-                    Event::Message(kind, payload) => {
-                        c.send(kind, payload);
-                    }
-                    other => log_event(peer, &other),
-                }),
-        }
+        let route = &ws.route;
+        let mut on = |c: &mut Connection, e: Event<'_>| match e {
+            Event::Message(kind, payload) => match route {
+                Route::Echo => {
+                    c.send_payload(kind, payload);
+                }
+            },
+            other => log_event(peer, &other),
+        };
+        ws.conn.receive(data, &mut on);
         let after = ws.conn.state();
         let pending = !ws.conn.out.is_empty();
         if after != before {
@@ -580,6 +597,21 @@ impl Server {
             }
             self.end(key);
         }
+    }
+
+    /// Connections that received nothing since the last sweep give back their spare buffers,
+    /// so that memory follows activity: an idle connection costs a few hundred bytes.
+    fn sweep(&mut self) {
+        for (_, client) in self.clients.iter_mut() {
+            if !mem::take(&mut client.active) {
+                match &mut client.phase {
+                    Phase::WebSocket(ws) => ws.conn.shrink(),
+                    Phase::Http(state) => state.out.shrink(),
+                    Phase::Linger => {}
+                }
+            }
+        }
+        self.next_sweep = Instant::now() + self.config.shrink_after;
     }
 
     fn on_signal(&mut self) {

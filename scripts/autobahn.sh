@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs the Autobahn|Testsuite fuzzing client (groups 1-10) against a fresh release build of
+# wsloop on loopback and fails unless every case is OK, bar the three the suite rates
+# INFORMATIONAL for every server (7.1.6, 7.13.1, 7.13.2). No NON-STRICT is accepted.
+#
+# Needs ../shared/autobahn beside the project (set AUTOBAHN_DIR to point elsewhere).
+# Usage: scripts/autobahn.sh [OUTDIR]        (default target/autobahn)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AB="${AUTOBAHN_DIR:-../shared/autobahn}"
+OUT="${1:-target/autobahn}"
+[ -d "$AB" ] || { echo "autobahn.sh: no $AB (the shared Autobahn runner)" >&2; exit 2; }
+
+bash "$AB/setup.sh" >/dev/null
+cargo build --release --quiet
+mkdir -p "$OUT"
+LOG="$OUT/server.log"
+RUST_LOG=info ./target/release/wsloop --port 0 --bind 127.0.0.1 --close-timeout 2s >"$LOG" 2>&1 &
+PID=$!
+trap 'kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  PORT=$(grep -o 'listening on ws://127.0.0.1:[0-9]*' "$LOG" | grep -o '[0-9]*$' || true)
+  [ -n "$PORT" ] && break
+  sleep 0.1
+done
+[ -n "${PORT:-}" ] || { echo "autobahn.sh: server did not start" >&2; cat "$LOG" >&2; exit 1; }
+
+bash "$AB/run.sh" "ws://127.0.0.1:$PORT/" "$OUT"
+python3 "$AB/summarize.py" "$OUT" --json > "$OUT/summary.json"
+python3 - "$OUT/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+allowed = {"7.1.6", "7.13.1", "7.13.2"}
+bad = []
+for agent, r in s.items():
+    if r["cases"] != 301:
+        bad.append(f"{agent}: {r['cases']} cases run, expected 301")
+    for c in r["non_ok"]:
+        ok_info = c["id"] in allowed and c["behavior"] in ("OK", "INFORMATIONAL") \
+            and c["behaviorClose"] in ("OK", "INFORMATIONAL")
+        if not ok_info:
+            bad.append(f"{c['id']}: behavior={c['behavior']} close={c['behaviorClose']} {c.get('result', '')}")
+    print(f"autobahn: {r['cases']} cases, behavior {r['behavior']}, close {r['behaviorClose']}")
+if bad:
+    print("autobahn: NOT conformant:\n  " + "\n  ".join(bad))
+    sys.exit(1)
+print("autobahn: all cases OK (7.1.6, 7.13.1, 7.13.2 informational)")
+PY
