@@ -5,6 +5,7 @@
 //! [`http`] (plain HTTP answers) — so tests and fuzzers drive them with bytes alone.
 //! [`server`] is the loop that moves bytes between them and the sockets.
 
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod error;
