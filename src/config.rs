@@ -56,6 +56,57 @@ pub struct Config {
     /// Serve this folder over HTTP instead of the bundled pages.
     #[arg(long)]
     pub www: Option<PathBuf>,
+
+    /// Rooms (`/room/NAME`): also send each message back to its sender.
+    #[arg(long)]
+    pub room_echo: bool,
+
+    /// Rooms: tell members when someone joins or leaves (a small JSON text message).
+    #[arg(long)]
+    pub room_events: bool,
+
+    /// `POST /publish/NAME` needs `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "TOKEN")]
+    pub publish_token: Option<String>,
+
+    /// Server push: send a message to clients on this period (e.g. 500ms, 2s, 1m).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub push_every: Option<Duration>,
+
+    /// Server push: the text; `{n}` is the push count, `{time}` the UTC time of day.
+    #[arg(long, default_value = "push {n} at {time}")]
+    pub push_text: String,
+
+    /// Server push: only to this room (default: every WebSocket client).
+    #[arg(long, value_name = "NAME")]
+    pub push_room: Option<String>,
+
+    /// Operator console: stdin lines go to every client (`@ROOM text` to one room);
+    /// client messages are printed to stdout as `[peer room] text`.
+    #[arg(long)]
+    pub console: bool,
+
+    /// A program per connection: each WebSocket on the exec route runs its own PATH with the
+    /// arguments after `--`; its stdout lines become messages, messages become stdin lines.
+    #[arg(long, value_name = "PATH")]
+    pub exec: Option<PathBuf>,
+
+    /// Arguments for the `--exec` program (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    pub exec_args: Vec<String>,
+
+    /// The upgrade path that runs the `--exec` program.
+    #[arg(long, default_value = "/exec")]
+    pub exec_route: String,
+
+    /// Most `--exec` programs running at once; over it, upgrades get 503.
+    #[arg(long, default_value_t = 64)]
+    pub max_children: usize,
+
+    /// After a client leaves, its program gets this long after stdin closes before SIGTERM,
+    /// and as long again before SIGKILL.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub exec_grace: Duration,
 }
 
 impl Default for Config {

@@ -130,6 +130,8 @@ pub enum HandshakeError {
     UnknownPath,
     /// A resource limit (connections, children) is reached.
     Unavailable,
+    /// The connection's program (`--exec`) could not be started.
+    ProgramFailed,
 }
 
 impl HandshakeError {
@@ -141,6 +143,7 @@ impl HandshakeError {
             UnsupportedVersion => 426,
             UnknownPath => 404,
             Unavailable => 503,
+            ProgramFailed => 500,
             MalformedHead
             | NotGet
             | OldHttpVersion
@@ -167,6 +170,7 @@ impl fmt::Display for HandshakeError {
             UnsupportedVersion => "unsupported Sec-WebSocket-Version (this server speaks 13)",
             UnknownPath => "no WebSocket endpoint at this path",
             Unavailable => "server busy, try again later",
+            ProgramFailed => "the program for this endpoint could not be started",
         })
     }
 }

@@ -8,11 +8,14 @@
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod error;
+pub mod exec;
 pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod outbox;
+pub mod room;
 pub mod server;
 pub mod utf8;
 
