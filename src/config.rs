@@ -57,6 +57,10 @@ pub struct Config {
     #[arg(long)]
     pub www: Option<PathBuf>,
 
+    /// Upgrades to `/` join this room instead of echoing (a chat or relay at the root).
+    #[arg(long, value_name = "NAME")]
+    pub root_room: Option<String>,
+
     /// Rooms (`/room/NAME`): also send each message back to its sender.
     #[arg(long)]
     pub room_echo: bool,

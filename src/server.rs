@@ -167,6 +167,14 @@ impl Server {
                 ));
             }
         }
+        if let Some(room) = &config.root_room {
+            if !room::valid_name(room) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("--root-room {room:?}: not a room name"),
+                ));
+            }
+        }
         if config.push_every.is_some_and(|d| d.is_zero()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -626,6 +634,9 @@ impl Server {
             return Some(Route::Exec);
         }
         match path {
+            "/" if self.config.root_room.is_some() => {
+                self.config.root_room.clone().map(Route::Room)
+            }
             "/" | "/echo" => Some(Route::Echo),
             _ => path
                 .strip_prefix("/room/")

@@ -481,3 +481,18 @@ fn clean_closes_leave_the_room() {
     let body = wait_stats(&server, r#""rooms":{}"#);
     assert!(body.contains(r#""rooms":{}"#), "{body}");
 }
+
+#[test]
+fn root_room_with_room_echo_relays_to_everyone() {
+    let server = TestServer::start(&["--root-room", "all", "--room-echo"]);
+    let mut a = ws(&server, "/");
+    let mut b = ws(&server, "/");
+    wait_stats(&server, r#""all":2"#);
+    a.send(Message::text("to all")).unwrap();
+    assert_eq!(text(&mut a), "to all");
+    assert_eq!(text(&mut b), "to all");
+    // /echo still echoes.
+    let mut e = ws(&server, "/echo");
+    e.send(Message::text("me")).unwrap();
+    assert_eq!(text(&mut e), "me");
+}
