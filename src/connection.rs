@@ -421,9 +421,12 @@ impl Connection {
                     Err(_) => (None, ""),
                 };
                 if self.state == State::Open {
-                    // §5.5.1: answer with a close frame, echoing the status code.
-                    let echo = code.map(u16::to_be_bytes);
-                    self.queue(Opcode::Close, echo.as_ref().map_or(&[][..], |c| &c[..]));
+                    // §5.5.1: answer with a close frame, echoing the status code (and the
+                    // reason, so the peer's application sees what it said was heard).
+                    match code {
+                        Some(code) => self.queue_close(code, reason),
+                        None => self.queue(Opcode::Close, &[]),
+                    }
                 }
                 self.state = State::Closed;
                 self.frame = None;
@@ -626,10 +629,6 @@ mod tests {
         v
     }
 
-    fn close_frame(code: u16) -> Vec<u8> {
-        unmasked(Opcode::Close, &code.to_be_bytes())
-    }
-
     fn out_close_code(out: &[u8]) -> Option<u16> {
         // The last frame of `out` must be a close frame; return its code.
         let mut at = 0;
@@ -708,7 +707,7 @@ mod tests {
         body.extend_from_slice(b"bye");
         let (events, out, state) = run(&masked(true, Opcode::Close, &body), 0);
         assert_eq!(events, vec![OwnedEvent::Closed(Some(1000), "bye".into())]);
-        assert_eq!(out, close_frame(1000));
+        assert_eq!(out, unmasked(Opcode::Close, &body));
         assert_eq!(state, State::Closed);
         let (_, out, _) = run(&masked(true, Opcode::Close, b""), 0);
         assert_eq!(out, unmasked(Opcode::Close, b""));

@@ -24,26 +24,29 @@ const SERVER_START_MS = 15_000;
 const CASE_MS = 30_000;
 const WHOLE_RUN_MS = 180_000;  // watchdog for the whole file
 
-let server;      // { child, port, output }
+let server;      // the shared server: { child, port, output }
+const running = new Set();   // every server child this file started and has not seen exit
 let browser;
 let context;
 let baseUrl;
 let showcase;    // the console page saved as screenshots/console.png
 let notifierShowcase;   // the notification page saved as screenshots/broadcast.png
-const pages = [];
 
 // ---------------------------------------------------------------------------
 // Server and browser lifecycle
 // ---------------------------------------------------------------------------
 
-function startServer() {
+function startServer(extraArgs = []) {
   return new Promise((resolvePort, reject) => {
-    const child = spawn(SERVER_BIN, ["--port", "0", "--bind", "127.0.0.1", "--protocol", "chat,superchat"], {
+    const args = ["--port", "0", "--bind", "127.0.0.1", ...extraArgs];
+    const child = spawn(SERVER_BIN, args, {
       cwd: ROOT,
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
+      env: { ...process.env, RUST_LOG: "info" },   // the port is read from the info log
       stdio: ["ignore", "pipe", "pipe"],
     });
     const state = { child, port: 0, output: "" };
+    running.add(child);
+    child.on("exit", () => running.delete(child));
     const timer = setTimeout(() => {
       stopServer(state);
       reject(new Error(`wsloop did not log "listening on" within ${SERVER_START_MS} ms:\n${state.output}`));
@@ -90,19 +93,20 @@ function withTimeout(promise, ms, what) {
   return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
 }
 
-// If anything hangs, the server still goes and the run still ends.
+// If anything hangs, the servers still go and the run still ends.
+function killAllServers() {
+  for (const child of running) { try { process.kill(child.pid, "SIGKILL"); } catch {} }
+}
 const watchdog = setTimeout(() => {
   console.error(`browser tests: watchdog fired after ${WHOLE_RUN_MS} ms`);
-  if (server) { try { process.kill(server.child.pid, "SIGKILL"); } catch {} }
+  killAllServers();
   process.exit(2);
 }, WHOLE_RUN_MS);
 watchdog.unref();
-process.on("exit", () => {
-  if (server && server.child.exitCode === null) { try { process.kill(server.child.pid, "SIGKILL"); } catch {} }
-});
+process.on("exit", killAllServers);
 
 before(async () => {
-  server = await startServer();
+  server = await startServer(["--protocol", "chat,superchat"]);
   baseUrl = `http://127.0.0.1:${server.port}`;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -141,7 +145,6 @@ async function openPage(path) {
   page.scriptErrors = [];
   page.on("pageerror", (err) => page.scriptErrors.push(err.message));
   await page.goto(baseUrl + path);
-  pages.push(page);
   return page;
 }
 
@@ -149,8 +152,19 @@ function assertNoScriptErrors(page) {
   assert.deepEqual(page.scriptErrors, [], "the page threw script errors");
 }
 
+// On a timeout, the console's event log goes into the error: it tells why.
+async function explained(page, promise) {
+  try {
+    return await promise;
+  } catch (err) {
+    const log = await page.locator("#log").innerText({ timeout: 1_000 }).catch(() => "(unreadable)");
+    err.message += `\n--- event log of the console page ---\n${log}`;
+    throw err;
+  }
+}
+
 async function waitForState(page, text) {
-  await page.locator("#state", { hasText: text }).waitFor();
+  await explained(page, page.locator("#state", { hasText: text }).waitFor());
 }
 
 // Waits for a log line of one kind (open, message, sent, close, problem, ...)
@@ -158,7 +172,7 @@ async function waitForState(page, text) {
 async function waitForLog(page, kind, ...pieces) {
   let line = page.locator(`#log .entry[data-kind="${kind}"]`);
   for (const piece of pieces) line = line.filter({ hasText: piece });
-  await line.first().waitFor();
+  await explained(page, line.first().waitFor());
   return line.first().innerText();
 }
 
@@ -247,7 +261,7 @@ test("3. closing with 4000 and a reason shows the code, its meaning and the reas
 
   const line = await waitForLog(page, "close", "4000");
   assert.match(line, /4000 Private use/);
-  assert.match(line, /"done testing"/);
+  assert.match(line, /close\(4000, "done testing"\)/, "the reason this page sent is shown");
   assert.match(line, /wasClean true/);
   await waitForState(page, "CLOSED (3)");
   assert.equal(await page.textContent("#close-error"), "", "no error for a valid code");
@@ -360,4 +374,24 @@ test("7. the console and the notification page link to each other", { timeout: C
   await page.waitForURL(`${baseUrl}/`);
   await page.locator("#connect").waitFor();
   assertNoScriptErrors(page);
+});
+
+test("8. with --publish-token, broadcast.html needs the token", { timeout: CASE_MS }, async () => {
+  const guarded = await startServer(["--publish-token", "s3cret"]);
+  try {
+    const page = await context.newPage();
+    await page.goto(`http://127.0.0.1:${guarded.port}/broadcast.html`);
+    await page.fill("#message", "members only");
+
+    await page.click("#publish");
+    await page.locator("#result", { hasText: "401" }).waitFor();
+    assert.match(await page.textContent("#result"), /wrong or missing token/);
+
+    await page.fill("#token", "s3cret");
+    await page.click("#publish");
+    await page.locator("#result", { hasText: '{"delivered":0}' }).waitFor();
+    await page.close();
+  } finally {
+    await stopServer(guarded);
+  }
 });

@@ -5,8 +5,9 @@
 #   bash tests/browser/run.sh            # from anywhere
 #
 # Installs what is missing: chromium (apt), node_modules (npm ci) and the
-# release binary (cargo build --release). Screenshots land in
-# tests/browser/screenshots/. Exits non-zero if any case fails.
+# release binary (cargo build --release, which also picks up edited pages).
+# Screenshots land in tests/browser/screenshots/. Exits non-zero if any case
+# fails.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +20,7 @@ if [ ! -x "$CHROMIUM" ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 if [ ! -d "$HERE/node_modules/playwright-core" ]; then
@@ -27,9 +28,16 @@ if [ ! -d "$HERE/node_modules/playwright-core" ]; then
   (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-if [ -z "${WSLOOP_BIN:-}" ] && [ ! -x "$ROOT/target/release/wsloop" ]; then
-  echo "browser tests: building target/release/wsloop" >&2
-  cargo build --release
+# The pages are compiled into the binary, so an existing binary may hold old
+# ones: cargo rebuilds only what changed (and builds it if absent). Set
+# WSLOOP_BIN to test another binary as it is.
+if [ -z "${WSLOOP_BIN:-}" ]; then
+  if command -v cargo >/dev/null; then
+    cargo build --release --quiet
+  elif [ ! -x "$ROOT/target/release/wsloop" ]; then
+    echo "browser tests: target/release/wsloop is missing and cargo is not installed" >&2
+    exit 1
+  fi
 fi
 
 mkdir -p "$HERE/screenshots"
