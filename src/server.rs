@@ -60,7 +60,7 @@ struct Client {
 /// keep-alive), open as a WebSocket (open → closing → closed inside `Connection`), or done
 /// and waiting for the peer's FIN after ours.
 enum Phase {
-    Http(HttpState),
+    Http(Box<HttpState>),
     WebSocket(Box<WebSocket>),
     Linger,
 }
@@ -351,7 +351,7 @@ impl Server {
                 socket,
                 peer,
                 serial: self.serial,
-                phase: Phase::Http(HttpState::default()),
+                phase: Phase::Http(Box::default()),
                 deadline: None,
                 queued: false,
                 active: true,
@@ -675,9 +675,15 @@ impl Server {
             None
         };
         let mut conn = Connection::new(Role::Server, self.config.max_message_size);
-        handshake::write_accept(conn.out.buf(), &accepted);
-        conn.out.commit();
+        // The 101 goes out now if the socket takes it (it nearly always does), so that an
+        // idle connection keeps no output buffer; whatever it does not take is queued.
         let client = &mut self.clients[key];
+        self.scratch.clear();
+        handshake::write_accept(&mut self.scratch, &accepted);
+        let sent = client.socket.write(&self.scratch).unwrap_or_default();
+        if sent < self.scratch.len() {
+            conn.out.push(&self.scratch[sent..]);
+        }
         debug!(
             "{}: WebSocket open on {} ({:?})",
             client.peer, head.target, accepted.protocol
