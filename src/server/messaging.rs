@@ -1,0 +1,251 @@
+//! Where WebSocket messages go: echo, rooms, server push and the operator console.
+
+use super::*;
+
+impl Server {
+    /// Feeds a WebSocket connection and acts on its events.
+    pub(super) fn ws_input(&mut self, key: usize, data: &mut [u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let Server {
+            clients,
+            stats,
+            to_room,
+            scratch,
+            config,
+            ..
+        } = self;
+        let client = &mut clients[key];
+        let Phase::WebSocket(ws) = &mut client.phase else {
+            return;
+        };
+        let WebSocket {
+            conn,
+            route,
+            program,
+        } = &mut **ws;
+        let peer = client.peer;
+        let before = conn.state();
+        let console = config.console;
+        let room_echo = config.room_echo;
+        let mut on = |c: &mut Connection, e: Event<'_>| match e {
+            Event::Message(kind, payload) => {
+                stats.messages_in += 1;
+                stats.bytes_in += payload.len() as u64;
+                if console {
+                    console::print_message(
+                        &peer,
+                        route.label(),
+                        kind == MessageKind::Text,
+                        &payload,
+                    );
+                }
+                match route {
+                    Route::Echo => {
+                        stats.messages_out += 1;
+                        stats.bytes_out += payload.len() as u64;
+                        c.send_payload(kind, payload);
+                    }
+                    Route::Room(_) => {
+                        let frame = shared_frame(scratch, kind, &payload);
+                        if room_echo {
+                            c.send_shared(&frame);
+                        }
+                        to_room.push(frame);
+                    }
+                    Route::Exec => {
+                        if let Some(p) = program.as_mut() {
+                            if let Err(e) = p.send_line(&payload) {
+                                debug!("{peer}: exec stdin closed: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+            other => log_event(peer, &other),
+        };
+        conn.receive(data, &mut on);
+        let after = conn.state();
+        let pending = !conn.out.is_empty();
+        if after != before {
+            if let State::Closing { .. } = after {
+                self.set_deadline(key, self.config.close_timeout);
+            }
+        }
+        if pending || after == State::Closed {
+            self.queue_flush(key);
+        }
+        if !self.to_room.is_empty() {
+            let frames = mem::take(&mut self.to_room);
+            if let Some(Route::Room(name)) = self.route_of(key) {
+                for frame in &frames {
+                    self.deliver(&name, Some(key), frame);
+                }
+            }
+            self.to_room = frames;
+            self.to_room.clear();
+        }
+    }
+
+    pub(super) fn route_of(&self, key: usize) -> Option<Route> {
+        match &self.clients.get(key)?.phase {
+            Phase::WebSocket(ws) => Some(ws.route.clone()),
+            _ => None,
+        }
+    }
+
+    /// Queues a shared frame for every open member of a room but `except`; returns how many.
+    pub(super) fn deliver(
+        &mut self,
+        room: &str,
+        except: Option<usize>,
+        frame: &SharedFrame,
+    ) -> usize {
+        let Server {
+            rooms,
+            clients,
+            to_flush,
+            stats,
+            ..
+        } = self;
+        let mut n = 0;
+        for &member in rooms.members(room) {
+            if Some(member) == except {
+                continue;
+            }
+            if send_to(clients, to_flush, member, frame) {
+                n += 1;
+            }
+        }
+        stats.messages_out += n as u64;
+        stats.bytes_out += (n * frame.len()) as u64;
+        n
+    }
+
+    /// `--room-events`: tells a room's members who is there now.
+    pub(super) fn room_event(&mut self, event: &str, room: &str, clients: usize) {
+        let json = format!("{{\"event\":\"{event}\",\"room\":\"{room}\",\"clients\":{clients}}}");
+        let frame = shared_frame(&mut self.scratch, MessageKind::Text, json.as_bytes());
+        self.deliver(room, None, &frame);
+    }
+
+    /// Server push: one message, encoded once, to every open WebSocket (or one room's).
+    pub(super) fn push(&mut self, now: Instant) {
+        let Some(every) = self.config.push_every else {
+            return;
+        };
+        self.pushes += 1;
+        let text = self
+            .config
+            .push_text
+            .replace("{n}", &self.pushes.to_string())
+            .replace("{time}", &utc_time_of_day());
+        let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
+        let n = match self.config.push_room.clone() {
+            Some(room) => self.deliver(&room, None, &frame),
+            None => {
+                let Server {
+                    clients,
+                    to_flush,
+                    stats,
+                    ..
+                } = self;
+                let keys: Vec<usize> = clients.iter().map(|(k, _)| k).collect();
+                let n = keys
+                    .into_iter()
+                    .filter(|&k| send_to(clients, to_flush, k, &frame))
+                    .count();
+                stats.messages_out += n as u64;
+                stats.bytes_out += (n * frame.len()) as u64;
+                n
+            }
+        };
+        debug!("push {}: {n} clients", self.pushes);
+        // The next push keeps to the period; if the loop fell behind, it skips rather than bursts.
+        let next = self.next_push.unwrap_or(now) + every;
+        self.next_push = Some(if next <= now { now + every } else { next });
+    }
+
+    /// Console input: each line goes to everyone, or to one room (`@ROOM text`).
+    pub(super) fn on_console(&mut self) {
+        let Some(mut console) = self.console.take() else {
+            return;
+        };
+        let mut lines = Vec::new();
+        let mut buf = mem::take(&mut self.rbuf);
+        let pipe = console.read(&mut buf, &mut |line| {
+            lines.push(String::from_utf8_lossy(line).into_owned())
+        });
+        self.rbuf = buf;
+        for line in lines {
+            self.console_line(&line);
+        }
+        if pipe == Pipe::Closed {
+            info!("console: end of input (the server keeps running)");
+            let _ = self.poll.registry().deregister(&mut Console::source());
+        } else {
+            self.console = Some(console);
+        }
+    }
+
+    pub(super) fn console_line(&mut self, line: &str) {
+        let (target, text) = console::parse_line(line);
+        let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
+        let n = match target {
+            Target::Room(room) => self.deliver(room, None, &frame),
+            Target::Everyone => {
+                let Server {
+                    clients,
+                    to_flush,
+                    stats,
+                    ..
+                } = self;
+                let keys: Vec<usize> = clients.iter().map(|(k, _)| k).collect();
+                let n = keys
+                    .into_iter()
+                    .filter(|&k| send_to(clients, to_flush, k, &frame))
+                    .count();
+                stats.messages_out += n as u64;
+                stats.bytes_out += (n * frame.len()) as u64;
+                n
+            }
+        };
+        debug!("console: line sent to {n} clients");
+    }
+
+    pub(super) fn start_console(&mut self) {
+        let console = match Console::new() {
+            Ok(c) => c,
+            Err(e) => return warn!("console: stdin unusable: {e}"),
+        };
+        match self
+            .poll
+            .registry()
+            .register(&mut Console::source(), CONSOLE, Interest::READABLE)
+        {
+            Ok(()) => self.console = Some(console),
+            Err(e) => {
+                // A regular file (or /dev/null) cannot be polled, but never blocks: read it now.
+                info!("console: stdin is not pollable ({e}); reading it once");
+                self.console = Some(console);
+                self.on_console();
+                self.console = None;
+            }
+        }
+    }
+}
+
+/// `HH:MM:SS` in UTC, for `{time}` in push messages.
+fn utc_time_of_day() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}

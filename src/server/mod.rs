@@ -1,0 +1,578 @@
+//! The event loop: one thread, one `mio::Poll`, the listener and every client in a `Slab`.
+//!
+//! The loop only moves bytes, keeps timers and routes messages; what the bytes mean is decided
+//! by the sans-I/O modules (`handshake`, `connection`, `http`). Reads go into one buffer shared
+//! by all connections; output is gathered per connection and written once per loop turn.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::connection::{Connection, Event, MessageKind, State};
+use crate::console::{self, Console, Target};
+use crate::error::{close_code, HandshakeError};
+use crate::exec::{self, Ending, Pipe, Program, RequestInfo};
+use crate::frame::{encode_frame, Role};
+use crate::handshake::{self, Head, HeadStatus};
+use crate::http::{self, Response, WebRoot};
+use crate::outbox::{Outbox, SharedFrame};
+use crate::room::{self, Rooms};
+
+mod messaging;
+mod programs;
+mod requests;
+mod signals;
+
+const LISTENER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+const CONSOLE: Token = Token(usize::MAX - 2);
+
+/// A client's socket token is its slab key shifted left, leaving room for the pipes of a
+/// program attached to the same connection.
+const TOKEN_SHIFT: u32 = 2;
+
+/// Reads per readiness event before other connections get their turn.
+const READS_PER_TURN: usize = 8;
+
+/// One client connection as the loop sees it.
+struct Client {
+    socket: TcpStream,
+    peer: SocketAddr,
+    /// Distinguishes this client from a later one that reuses the slab key (for timers).
+    serial: u64,
+    phase: Phase,
+    deadline: Option<Instant>,
+    /// Already in the list of connections to flush this turn.
+    queued: bool,
+    /// Bytes arrived since the last idle sweep.
+    active: bool,
+}
+
+/// Where a connection stands: awaiting a request head (the handshake, or plain HTTP with
+/// keep-alive), open as a WebSocket (open → closing → closed inside `Connection`), or done
+/// and waiting for the peer's FIN after ours.
+enum Phase {
+    Http(Box<HttpState>),
+    WebSocket(Box<WebSocket>),
+    Linger,
+}
+
+#[derive(Default)]
+struct HttpState {
+    /// Bytes of an unfinished request (head, or head and body).
+    partial: Vec<u8>,
+    out: Outbox,
+    /// A response said `Connection: close` (or refused the request): no more requests.
+    closing: bool,
+}
+
+struct WebSocket {
+    conn: Connection,
+    route: Route,
+    /// The connection's own program (the exec route).
+    program: Option<Box<Program>>,
+}
+
+/// What a WebSocket connection is for, chosen by the path of its upgrade request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/` and `/echo`: every message comes back.
+    Echo,
+    /// `/room/NAME`: every message goes to the other members.
+    Room(String),
+    /// The `--exec` route: messages go to the connection's program and back.
+    Exec,
+}
+
+impl Route {
+    /// The name shown for the route in logs and on the console.
+    fn label(&self) -> &str {
+        match self {
+            Route::Echo => "echo",
+            Route::Room(name) => name,
+            Route::Exec => "exec",
+        }
+    }
+}
+
+/// Counters for `GET /stats`.
+#[derive(Debug, Default)]
+struct Stats {
+    messages_in: u64,
+    bytes_in: u64,
+    messages_out: u64,
+    bytes_out: u64,
+}
+
+/// The running server.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    www: WebRoot,
+    clients: Slab<Client>,
+    serial: u64,
+    /// The one read buffer.
+    rbuf: Vec<u8>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Clients with output gathered this turn.
+    to_flush: Vec<usize>,
+    /// Clients whose read budget ran out with bytes maybe still waiting.
+    to_read: Vec<usize>,
+    signals: Option<mio::unix::pipe::Receiver>,
+    stopping: Option<Instant>,
+    /// When quiet connections next give back their spare buffers.
+    next_sweep: Instant,
+    started: Instant,
+    rooms: Rooms,
+    stats: Stats,
+    /// Frames sent to a room while its sender's connection was being read.
+    to_room: Vec<SharedFrame>,
+    /// Scratch space to encode a shared frame in.
+    scratch: Vec<u8>,
+    next_push: Option<Instant>,
+    pushes: u64,
+    console: Option<Console>,
+    /// Programs whose connection is gone, being ended and reaped.
+    endings: Vec<Ending>,
+    /// Programs running: attached ones and those still ending.
+    children: usize,
+}
+
+impl Server {
+    /// Binds the listener. Port 0 picks a free port: see [`Server::local_addr`].
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let addr = SocketAddr::new(config.bind, config.port);
+        let mut listener = TcpListener::bind(addr)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let local_addr = listener.local_addr()?;
+        let config_sweep = config.shrink_after;
+        let next_push = config.push_every.map(|every| Instant::now() + every);
+        if let Some(room) = &config.push_room {
+            if !room::valid_name(room) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("--push-room {room:?}: not a room name"),
+                ));
+            }
+        }
+        if let Some(room) = &config.root_room {
+            if !room::valid_name(room) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("--root-room {room:?}: not a room name"),
+                ));
+            }
+        }
+        if config.push_every.is_some_and(|d| d.is_zero()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--push-every must be above zero",
+            ));
+        }
+        let www = match &config.www {
+            Some(dir) => WebRoot::dir(dir)?,
+            None => WebRoot::embedded(),
+        };
+        Ok(Server {
+            poll,
+            listener,
+            local_addr,
+            rbuf: vec![0; config.read_buffer_size.max(1024)],
+            config,
+            www,
+            clients: Slab::new(),
+            serial: 0,
+            timers: BinaryHeap::new(),
+            to_flush: Vec::new(),
+            to_read: Vec::new(),
+            signals: None,
+            stopping: None,
+            next_sweep: Instant::now() + config_sweep,
+            started: Instant::now(),
+            rooms: Rooms::new(),
+            stats: Stats::default(),
+            to_room: Vec::new(),
+            scratch: Vec::new(),
+            next_push,
+            pushes: 0,
+            console: None,
+            endings: Vec::new(),
+            children: 0,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs the loop until stopped by a signal.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        if self.config.console {
+            self.start_console();
+        }
+        info!("listening on ws://{}", self.local_addr);
+        loop {
+            let timeout = if self.to_read.is_empty() {
+                Some(self.next_wakeup().saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    SIGNALS => self.on_signal(),
+                    CONSOLE => self.on_console(),
+                    Token(t) => {
+                        let key = t >> TOKEN_SHIFT;
+                        match t & ((1 << TOKEN_SHIFT) - 1) {
+                            0 => {
+                                if event.is_read_closed() || event.is_error() {
+                                    self.on_readable(key, true);
+                                } else if event.is_readable() {
+                                    self.on_readable(key, false);
+                                }
+                                if event.is_writable() {
+                                    self.queue_flush(key);
+                                }
+                            }
+                            pipe => self.on_program_pipe(key, pipe),
+                        }
+                    }
+                }
+            }
+            for key in mem::take(&mut self.to_read) {
+                self.on_readable(key, true);
+            }
+            self.flush_all();
+            let now = Instant::now();
+            self.expire_timers(now);
+            if now >= self.next_sweep {
+                self.sweep();
+            }
+            if self.next_push.is_some_and(|at| now >= at) {
+                self.push(now);
+            }
+            if !self.endings.is_empty() {
+                self.tick_endings(now);
+            }
+            if let Some(deadline) = self.stopping {
+                if self.clients.is_empty() || now >= deadline {
+                    self.stop_programs();
+                    info!("stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The earliest moment the loop has something to do without an event.
+    fn next_wakeup(&self) -> Instant {
+        let mut next = self.next_sweep;
+        if let Some(Reverse((at, _, _))) = self.timers.peek() {
+            next = next.min(*at);
+        }
+        if let Some(at) = self.next_push {
+            next = next.min(at);
+        }
+        for e in &self.endings {
+            next = next.min(e.next_deadline());
+        }
+        if let Some(at) = self.stopping {
+            next = next.min(at);
+        }
+        next
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let (mut socket, peer) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors and the like: leave the rest in the backlog for now.
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self.clients.len() >= self.config.max_connections || self.stopping.is_some() {
+                info!(
+                    "{peer}: refused, {} connections open (limit {})",
+                    self.clients.len(),
+                    self.config.max_connections
+                );
+                let mut out = Vec::new();
+                handshake::write_refusal(&mut out, HandshakeError::Unavailable);
+                let _ = socket.write(&out);
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let entry = self.clients.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut socket,
+                Token(key << TOKEN_SHIFT),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!("{peer}: register failed: {e}");
+                continue;
+            }
+            self.serial += 1;
+            entry.insert(Client {
+                socket,
+                peer,
+                serial: self.serial,
+                phase: Phase::Http(Box::default()),
+                deadline: None,
+                queued: false,
+                active: true,
+            });
+            self.set_deadline(key, self.config.handshake_timeout);
+            debug!("{peer}: connected");
+        }
+    }
+
+    /// Reads what the socket has, a bounded number of times, and hands each piece on.
+    /// `drain`: read until `WouldBlock` even after a short read, because the peer's FIN (or
+    /// an error) came with this edge and no later edge will announce it.
+    fn on_readable(&mut self, key: usize, drain: bool) {
+        let mut buf = mem::take(&mut self.rbuf);
+        let mut reads = 0;
+        while let Some(client) = self.clients.get_mut(key) {
+            if reads == READS_PER_TURN {
+                // Fairness: the rest waits for the next turn, after everyone else.
+                self.to_read.push(key);
+                break;
+            }
+            reads += 1;
+            let n = match client.socket.read(&mut buf) {
+                Ok(0) => {
+                    self.on_eof(key);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("{}: read error: {e}", client.peer);
+                    self.end(key);
+                    break;
+                }
+            };
+            self.on_bytes(key, &mut buf[..n]);
+            if n < buf.len() && !drain {
+                // A short read emptied the socket; the next arrival raises a new edge.
+                break;
+            }
+        }
+        self.rbuf = buf;
+    }
+
+    fn on_eof(&mut self, key: usize) {
+        let client = &self.clients[key];
+        match &client.phase {
+            Phase::WebSocket(ws) if ws.conn.is_open() => {
+                debug!("{}: TCP closed without a close frame", client.peer)
+            }
+            _ => debug!("{}: closed", client.peer),
+        }
+        self.end(key);
+    }
+
+    fn on_bytes(&mut self, key: usize, data: &mut [u8]) {
+        let client = &mut self.clients[key];
+        client.active = true;
+        match &client.phase {
+            Phase::Http(_) => self.http_input(key, data),
+            Phase::WebSocket(_) => self.ws_input(key, data),
+            Phase::Linger => {}
+        }
+    }
+
+    fn queue_flush(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key) {
+            if !client.queued {
+                client.queued = true;
+                self.to_flush.push(key);
+            }
+        }
+    }
+
+    /// Writes each client's gathered output: one `write_vectored` per client per turn.
+    fn flush_all(&mut self) {
+        for key in mem::take(&mut self.to_flush) {
+            let Some(client) = self.clients.get_mut(key) else {
+                continue;
+            };
+            client.queued = false;
+            let (out, done) = match &mut client.phase {
+                Phase::Http(state) => (&mut state.out, state.closing),
+                Phase::WebSocket(ws) => {
+                    let closed = ws.conn.state() == State::Closed;
+                    (&mut ws.conn.out, closed)
+                }
+                Phase::Linger => continue,
+            };
+            match out.flush_to(&mut client.socket) {
+                Ok(true) if done => self.linger(key),
+                Ok(_) => {}
+                Err(e) => {
+                    debug!("{}: write error: {e}", client.peer);
+                    self.end(key);
+                }
+            }
+        }
+    }
+
+    /// Everything is said: send our FIN and wait (briefly) for the peer's, so that unread
+    /// bytes on our side do not turn the close into a reset (RFC 6455 §7.1.1).
+    fn linger(&mut self, key: usize) {
+        let client = &mut self.clients[key];
+        if client.socket.shutdown(Shutdown::Write).is_err() {
+            return self.end(key);
+        }
+        let peer = client.peer;
+        if let Phase::WebSocket(ws) = mem::replace(&mut client.phase, Phase::Linger) {
+            self.retire(key, peer, ws);
+        }
+        self.set_deadline(key, self.config.close_timeout);
+    }
+
+    fn set_deadline(&mut self, key: usize, after: std::time::Duration) {
+        let at = Instant::now() + after;
+        let client = &mut self.clients[key];
+        client.deadline = Some(at);
+        self.timers.push(Reverse((at, key, client.serial)));
+    }
+
+    fn expire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, key, serial))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(client) = self.clients.get(key) else {
+                continue;
+            };
+            if client.serial != serial || client.deadline != Some(at) {
+                continue;
+            }
+            match &client.phase {
+                Phase::Http(state) if !state.partial.is_empty() => {
+                    info!(
+                        "{}: request head not complete in time, closing",
+                        client.peer
+                    )
+                }
+                Phase::WebSocket(_) => {
+                    info!("{}: no close frame from the peer in time", client.peer)
+                }
+                _ => debug!("{}: idle, closing", client.peer),
+            }
+            self.end(key);
+        }
+    }
+
+    /// Connections that received nothing since the last sweep give back their spare buffers,
+    /// so that memory follows activity: an idle connection costs a few hundred bytes.
+    fn sweep(&mut self) {
+        for (_, client) in self.clients.iter_mut() {
+            if !mem::take(&mut client.active) {
+                match &mut client.phase {
+                    Phase::WebSocket(ws) => ws.conn.shrink(),
+                    Phase::Http(state) => state.out.shrink(),
+                    Phase::Linger => {}
+                }
+            }
+        }
+        self.next_sweep = Instant::now() + self.config.shrink_after;
+    }
+
+    /// The one place that ends a connection.
+    fn end(&mut self, key: usize) {
+        let Some(mut client) = self.clients.try_remove(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut client.socket);
+        if let Phase::WebSocket(ws) = client.phase {
+            self.retire(key, client.peer, ws);
+        }
+    }
+
+    /// A WebSocket is over (ended, or only waiting for the peer's FIN): it leaves its room,
+    /// and its program, if still running, is told to end and is reaped later.
+    fn retire(&mut self, key: usize, peer: SocketAddr, ws: Box<WebSocket>) {
+        let WebSocket { route, program, .. } = *ws;
+        if let Some(p) = program {
+            debug!("{peer}: exec pid {}: stdin closed", p.pid());
+            self.endings
+                .push(p.detach(Instant::now(), self.config.exec_grace));
+        }
+        if let Route::Room(name) = route {
+            let left = self.rooms.leave(&name, key);
+            if self.config.room_events && left > 0 {
+                self.room_event("leave", &name, left);
+            }
+        }
+    }
+}
+
+/// Queues a shared frame on one client if it is an open WebSocket; true if queued.
+fn send_to(
+    clients: &mut Slab<Client>,
+    to_flush: &mut Vec<usize>,
+    key: usize,
+    frame: &SharedFrame,
+) -> bool {
+    let Some(client) = clients.get_mut(key) else {
+        return false;
+    };
+    let Phase::WebSocket(ws) = &mut client.phase else {
+        return false;
+    };
+    if !ws.conn.send_shared(frame) {
+        return false;
+    }
+    if !client.queued {
+        client.queued = true;
+        to_flush.push(key);
+    }
+    true
+}
+
+/// Encodes a server frame once, for many receivers.
+fn shared_frame(scratch: &mut Vec<u8>, kind: MessageKind, payload: &[u8]) -> SharedFrame {
+    scratch.clear();
+    encode_frame(scratch, true, kind.opcode(), None, payload);
+    Rc::from(&scratch[..])
+}
+
+fn log_event(peer: SocketAddr, e: &Event<'_>) {
+    match e {
+        Event::Failed(err) => info!("{peer}: {err}: closing with {}", err.close_code()),
+        Event::Closed { code, reason } => debug!("{peer}: closed by peer ({code:?} {reason:?})"),
+        _ => {}
+    }
+}

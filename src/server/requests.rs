@@ -1,0 +1,336 @@
+//! Plain HTTP on the WebSocket port: request heads (and bodies) until one upgrades, the
+//! endpoints (`/publish`, `/stats`, static files), and the upgrade itself.
+
+use super::*;
+
+impl Server {
+    /// Request heads (and bodies) of plain HTTP, until one of them upgrades to WebSocket.
+    pub(super) fn http_input(&mut self, key: usize, data: &mut [u8]) {
+        let client = &mut self.clients[key];
+        let Phase::Http(state) = &mut client.phase else {
+            return;
+        };
+        if state.closing {
+            return;
+        }
+        let mut kept;
+        let buf: &mut [u8] = if state.partial.is_empty() {
+            data
+        } else {
+            state.partial.extend_from_slice(data);
+            kept = mem::take(&mut state.partial);
+            &mut kept
+        };
+        let mut at = 0;
+        while at < buf.len() {
+            let step = match handshake::parse_head(&buf[at..], self.config.max_head_size) {
+                Ok(HeadStatus::Partial) => {
+                    self.keep_partial(key, &buf[at..]);
+                    return;
+                }
+                Err(e) => {
+                    self.refuse(key, e);
+                    return;
+                }
+                Ok(HeadStatus::Complete(head, n)) => {
+                    if head.wants_websocket() {
+                        Step::Upgrade(self.upgrade(key, &head), n)
+                    } else {
+                        match self.http_request(key, &head, &buf[at + n..]) {
+                            Some(used) => Step::Next(n + used),
+                            None => {
+                                self.keep_partial(key, &buf[at..]);
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            match step {
+                Step::Next(n) => at += n,
+                Step::Upgrade(true, n) => return self.ws_input(key, &mut buf[at + n..]),
+                Step::Upgrade(false, _) => return,
+            }
+            let Phase::Http(state) = &self.clients[key].phase else {
+                return;
+            };
+            if state.closing {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn keep_partial(&mut self, key: usize, rest: &[u8]) {
+        if let Phase::Http(state) = &mut self.clients[key].phase {
+            state.partial.clear();
+            state.partial.extend_from_slice(rest);
+        }
+    }
+
+    /// Answers a plain HTTP request whose head is parsed. Returns how many body bytes it used,
+    /// or `None` when the body has not all arrived yet.
+    pub(super) fn http_request(
+        &mut self,
+        key: usize,
+        head: &Head<'_>,
+        after: &[u8],
+    ) -> Option<usize> {
+        let length = match head.get("Content-Length").map(parse_length) {
+            None => 0,
+            Some(Some(n)) => n,
+            Some(None) => {
+                self.refuse(key, HandshakeError::MalformedHead);
+                return Some(0);
+            }
+        };
+        if head.get("Transfer-Encoding").is_some() {
+            self.respond(
+                key,
+                &Response::text(411, "send a Content-Length"),
+                false,
+                false,
+            );
+            return Some(0);
+        }
+        if length > self.config.max_message_size {
+            self.respond(
+                key,
+                &Response::text(413, "request body too large"),
+                false,
+                false,
+            );
+            return Some(0);
+        }
+        if after.len() < length {
+            return None;
+        }
+        let keep_alive = head.keep_alive();
+        let body = &after[..length];
+        let path = head.path();
+        let response = if let Some(name) = path.strip_prefix("/publish/") {
+            self.publish(name, head, body)
+        } else if path == "/stats" {
+            match head.method {
+                "GET" | "HEAD" => json_response(200, self.stats_json()),
+                _ => method_not_allowed("GET, HEAD"),
+            }
+        } else {
+            http::serve_static(
+                &self.www,
+                head.method,
+                head.target,
+                head.get("If-None-Match"),
+            )
+        };
+        debug!(
+            "{}: {} {} -> {}",
+            self.clients[key].peer, head.method, head.target, response.status
+        );
+        self.respond(key, &response, head.method == "HEAD", keep_alive);
+        Some(length)
+    }
+
+    /// `POST /publish/NAME`: the body goes to every member of the room as one message.
+    pub(super) fn publish(&mut self, name: &str, head: &Head<'_>, body: &[u8]) -> Response {
+        if head.method != "POST" {
+            return method_not_allowed("POST");
+        }
+        if let Some(token) = &self.config.publish_token {
+            let ok = head
+                .get("Authorization")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().strip_prefix("Bearer "))
+                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+            if !ok {
+                let mut r = Response::text(401, "publishing needs Authorization: Bearer TOKEN");
+                r.headers.push(("WWW-Authenticate", "Bearer".into()));
+                return r;
+            }
+        }
+        if !room::valid_name(name) {
+            return Response::text(400, "room names are 1-64 of A-Z a-z 0-9 . _ -");
+        }
+        let text = head
+            .get("Content-Type")
+            .is_some_and(|t| t.trim_ascii().to_ascii_lowercase().starts_with(b"text/"));
+        if text && std::str::from_utf8(body).is_err() {
+            return Response::text(400, "a text/* body must be valid UTF-8");
+        }
+        let kind = if text {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        let frame = shared_frame(&mut self.scratch, kind, body);
+        let delivered = self.deliver(name, None, &frame);
+        json_response(200, format!("{{\"delivered\":{delivered}}}"))
+    }
+
+    pub(super) fn stats_json(&self) -> String {
+        let websockets = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::WebSocket(_)))
+            .count();
+        let mut rooms = String::new();
+        for (i, (name, n)) in self.rooms.sizes().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(rooms, "{sep}\"{name}\":{n}");
+        }
+        let s = &self.stats;
+        format!(
+            "{{\"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{}}}",
+            self.clients.len(),
+            s.messages_in,
+            s.bytes_in,
+            s.messages_out,
+            s.bytes_out,
+            self.children,
+            self.started.elapsed().as_secs()
+        )
+    }
+
+    pub(super) fn respond(
+        &mut self,
+        key: usize,
+        response: &Response,
+        head_only: bool,
+        keep_alive: bool,
+    ) {
+        let client = &mut self.clients[key];
+        let Phase::Http(state) = &mut client.phase else {
+            return;
+        };
+        response.write_to(state.out.buf(), head_only, keep_alive);
+        state.out.commit();
+        if !keep_alive {
+            state.closing = true;
+            state.partial = Vec::new();
+        }
+        self.set_deadline(key, self.config.http_idle_timeout);
+        self.queue_flush(key);
+    }
+
+    /// Refuses a request with the error's status and closes after the answer.
+    pub(super) fn refuse(&mut self, key: usize, e: HandshakeError) {
+        let client = &mut self.clients[key];
+        info!("{}: {} {}", client.peer, e.status(), e);
+        let Phase::Http(state) = &mut client.phase else {
+            return;
+        };
+        handshake::write_refusal(state.out.buf(), e);
+        state.out.commit();
+        state.closing = true;
+        state.partial = Vec::new();
+        self.queue_flush(key);
+    }
+
+    /// The route an upgrade path names, if any.
+    pub(super) fn route_for(&self, path: &str) -> Option<Route> {
+        if self.config.exec.is_some() && path == self.config.exec_route {
+            return Some(Route::Exec);
+        }
+        match path {
+            "/" if self.config.root_room.is_some() => {
+                self.config.root_room.clone().map(Route::Room)
+            }
+            "/" | "/echo" => Some(Route::Echo),
+            _ => path
+                .strip_prefix("/room/")
+                .filter(|name| room::valid_name(name))
+                .map(|name| Route::Room(name.to_string())),
+        }
+    }
+
+    /// Checks an upgrade request; on success the client becomes a WebSocket with the 101 queued.
+    pub(super) fn upgrade(&mut self, key: usize, head: &Head<'_>) -> bool {
+        let accepted = self
+            .route_for(head.path())
+            .ok_or(HandshakeError::UnknownPath)
+            .and_then(|route| {
+                Ok((
+                    route,
+                    handshake::accept_upgrade(head, &self.config.protocols)?,
+                ))
+            });
+        let (route, accepted) = match accepted {
+            Ok(v) => v,
+            Err(e) => {
+                self.refuse(key, e);
+                return false;
+            }
+        };
+        let program = if route == Route::Exec {
+            match self.start_program(key, head, accepted.protocol.clone()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.refuse(key, e);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        let mut conn = Connection::new(Role::Server, self.config.max_message_size);
+        // The 101 goes out now if the socket takes it (it nearly always does), so that an
+        // idle connection keeps no output buffer; whatever it does not take is queued.
+        let client = &mut self.clients[key];
+        self.scratch.clear();
+        handshake::write_accept(&mut self.scratch, &accepted);
+        let sent = client.socket.write(&self.scratch).unwrap_or_default();
+        if sent < self.scratch.len() {
+            conn.out.push(&self.scratch[sent..]);
+        }
+        debug!(
+            "{}: WebSocket open on {} ({:?})",
+            client.peer, head.target, accepted.protocol
+        );
+        client.phase = Phase::WebSocket(Box::new(WebSocket {
+            conn,
+            route: route.clone(),
+            program,
+        }));
+        client.deadline = None;
+        self.queue_flush(key);
+        if let Route::Room(name) = &route {
+            let n = self.rooms.join(name, key);
+            if self.config.room_events {
+                self.room_event("join", name, n);
+            }
+        }
+        true
+    }
+}
+
+fn json_response(status: u16, body: String) -> Response {
+    Response {
+        status,
+        headers: vec![
+            ("Content-Type", "application/json".into()),
+            ("Cache-Control", "no-cache".into()),
+        ],
+        body: Cow::Owned(body.into_bytes()),
+    }
+}
+
+fn method_not_allowed(allow: &str) -> Response {
+    let mut r = Response::text(405, "method not allowed here");
+    r.headers.push(("Allow", allow.into()));
+    r
+}
+
+/// Compares a secret without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+enum Step {
+    /// The request was answered; the next one starts this many bytes further on.
+    Next(usize),
+    /// An upgrade was tried (true: accepted); the frames start this many bytes further on.
+    Upgrade(bool, usize),
+}
+
+fn parse_length(v: &[u8]) -> Option<usize> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
