@@ -726,7 +726,9 @@ impl Session<'_> {
             )
             .map_err(local)?;
         let (tx, rx) = mpsc::sync_channel(256);
-        spawn_stdin_reader(tx, waker).map_err(local)?;
+        // Keep a handle here: the waker's eventfd must outlive the thread, or a wake sent
+        // just before the thread ends is lost when the last handle closes it.
+        spawn_stdin_reader(tx, waker.clone()).map_err(local)?;
         let mut events = Events::with_capacity(16);
         let mut buf = vec![0u8; 64 * 1024];
         if !leftover.is_empty() {
@@ -916,10 +918,7 @@ impl Session<'_> {
         }
         if let Some(e) = self.protocol_error.take() {
             if self.result.is_none() {
-                eprintln!(
-                    "wsloop client: the server broke the protocol: {e} (closing with {})",
-                    e.close_code()
-                );
+                eprintln!("wsloop client: closing with {}: {e}", e.close_code());
                 self.result = Some(exit::ABNORMAL_CLOSE);
                 self.linger_until = Some(now + CLOSE_WAIT);
             }
