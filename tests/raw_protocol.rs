@@ -364,3 +364,36 @@ fn sigterm_closes_clients_with_1001_and_exits() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn offered_extensions_are_declined() {
+    let server = TestServer::start(&[]);
+    let mut s = server.connect();
+    let req = upgrade_request(
+        "/",
+        &["Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"],
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert_eq!(status(&head), 101);
+    assert_eq!(header(&head, "Sec-WebSocket-Extensions"), None);
+    // And a frame with RSV1 (a compressed message) is therefore refused.
+    let mut f = frame(true, 1, b"x");
+    f[0] |= 0x40;
+    s.write_all(&f).unwrap();
+    assert_eq!(read_close_code(&mut s), Some(1002));
+}
+
+#[test]
+fn unsolicited_pongs_are_ignored() {
+    let server = TestServer::start(&[]);
+    let mut s = server.ws_raw("/");
+    let mut wire = frame(true, 10, b"nobody asked");
+    wire.extend(frame(true, 1, b"after the pong"));
+    s.write_all(&wire).unwrap();
+    // The first thing back is the echo: no answer to the pong, no close.
+    assert_eq!(
+        read_frame(&mut s).unwrap(),
+        (true, 1, b"after the pong".to_vec())
+    );
+}
