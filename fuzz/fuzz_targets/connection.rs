@@ -1,0 +1,113 @@
+//! `connection::Connection` fed arbitrary bytes, split at a fuzzer-chosen point, as a server
+//! and as a client, echoing every message. Never panics, and:
+//!
+//! * the events do not depend on how the input was split (whole, at the chosen point, byte
+//!   by byte); as the server, neither does the output;
+//! * no message is delivered after the connection failed or the peer closed;
+//! * what it writes is a sequence of well-formed frames, masked as its role requires, with
+//!   nothing after its close frame.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wsloop::connection::{Connection, Event, MessageKind, OwnedEvent, State};
+use wsloop::frame::{parse_header, Opcode, Parse, Role};
+
+const MAX_MESSAGE: usize = 1 << 16;
+
+fn run(role: Role, pieces: &[&[u8]]) -> (Vec<OwnedEvent>, Vec<u8>, State) {
+    let mut c = Connection::new(role, MAX_MESSAGE);
+    let mut events: Vec<OwnedEvent> = Vec::new();
+    let mut ended = false;
+    let mut on = |c: &mut Connection, e: Event<'_>| {
+        match &e {
+            Event::Message(kind, payload) => {
+                assert!(!ended, "message after the connection ended: {events:?}");
+                assert!(payload.len() <= MAX_MESSAGE, "message over the limit");
+                if *kind == MessageKind::Text {
+                    assert!(std::str::from_utf8(payload).is_ok(), "invalid UTF-8 text");
+                }
+            }
+            Event::Ping(p) | Event::Pong(p) => assert!(p.len() <= 125),
+            Event::Closed { .. } | Event::Failed(_) => ended = true,
+        }
+        if let Event::Message(kind, payload) = e {
+            events.push(OwnedEvent::Message(kind, payload.to_vec()));
+            c.send_payload(kind, payload);
+        } else {
+            events.push(OwnedEvent::from(e));
+        }
+    };
+    for piece in pieces {
+        let mut piece = piece.to_vec();
+        c.receive(&mut piece, &mut on);
+    }
+    let mut out = Vec::new();
+    assert!(c.out.flush_to(&mut out).expect("a Vec never fails a write"));
+    assert!(c.out.is_empty());
+    check_output(role, &out);
+    (events, out, c.state())
+}
+
+/// Our own output: whole frames, FIN set, RSV clear, known opcodes, masked only as a client,
+/// control payloads of at most 125 bytes, at most one close frame and nothing after it.
+fn check_output(role: Role, out: &[u8]) {
+    let mut at = 0;
+    let mut closed = false;
+    while at < out.len() {
+        assert!(!closed, "frames after our close frame");
+        let Ok(Parse::Complete(h)) = parse_header(&out[at..]) else {
+            panic!("unparseable output at {at}: {out:02x?}");
+        };
+        assert!(h.fin && h.rsv == 0, "{h:?}");
+        assert!(
+            matches!(
+                h.opcode,
+                Opcode::Text | Opcode::Binary | Opcode::Close | Opcode::Ping | Opcode::Pong
+            ),
+            "{h:?}"
+        );
+        assert_eq!(h.mask.is_some(), role == Role::Client, "{h:?}");
+        if h.opcode.is_control() {
+            assert!(h.len <= 125, "{h:?}");
+        }
+        closed = h.opcode == Opcode::Close;
+        at += h.header_len + usize::try_from(h.len).unwrap();
+        assert!(at <= out.len(), "frame runs past the output");
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    // Layout: [split point: 2 bytes, big-endian] [bytes from the peer...]
+    if input.len() < 2 {
+        return;
+    }
+    let (cut, data) = input.split_at(2);
+    let cut = usize::from(u16::from_be_bytes([cut[0], cut[1]])) % (data.len() + 1);
+    let (a, b) = data.split_at(cut);
+
+    for role in [Role::Server, Role::Client] {
+        let whole = run(role, &[data]);
+        let split = run(role, &[a, b]);
+        assert_eq!(
+            whole.0, split.0,
+            "{role:?}: events differ when split at {cut}"
+        );
+        assert_eq!(
+            whole.2, split.2,
+            "{role:?}: state differs when split at {cut}"
+        );
+        if role == Role::Server {
+            // Server output is unmasked, so deterministic.
+            assert_eq!(whole.1, split.1, "output differs when split at {cut}");
+        }
+        if data.len() <= 512 {
+            let bytes: Vec<&[u8]> = data.chunks(1).collect();
+            let dribbled = run(role, &bytes);
+            assert_eq!(whole.0, dribbled.0, "{role:?}: events differ byte by byte");
+            assert_eq!(whole.2, dribbled.2, "{role:?}: state differs byte by byte");
+            if role == Role::Server {
+                assert_eq!(whole.1, dribbled.1, "output differs byte by byte");
+            }
+        }
+    }
+});
