@@ -29,6 +29,11 @@ pub struct Config {
     #[arg(long, default_value_t = 100_000)]
     pub max_connections: usize,
 
+    /// Unsent output (bytes) at which a connection stops being read until it drains to half,
+    /// so a peer that sends without reading cannot make the server buffer without end.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_backlog: usize,
+
     /// How long to wait for the peer's close frame (and then its FIN) once we closed.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub close_timeout: Duration,

@@ -116,8 +116,10 @@ pub enum HandshakeError {
     NotGet,
     /// §4.2.1 (1): HTTP/1.1 or higher.
     OldHttpVersion,
-    /// §4.2.1 (2): a Host header is required.
+    /// §4.2.1 (2), RFC 9112 §3.2: exactly one Host header is required.
     MissingHost,
+    /// RFC 9112 §6.3: Content-Length values that are not one run of digits.
+    BadContentLength,
     /// §4.2.1 (3): Upgrade must include the token "websocket".
     MissingUpgrade,
     /// §4.2.1 (4): Connection must include the token "Upgrade".
@@ -145,6 +147,7 @@ impl HandshakeError {
             Unavailable => 503,
             ProgramFailed => 500,
             MalformedHead
+            | BadContentLength
             | NotGet
             | OldHttpVersion
             | MissingHost
@@ -163,7 +166,8 @@ impl fmt::Display for HandshakeError {
             HeadTooLarge => "request head too large",
             NotGet => "WebSocket upgrade must use GET",
             OldHttpVersion => "WebSocket upgrade needs HTTP/1.1 or later",
-            MissingHost => "missing Host header",
+            MissingHost => "a request needs exactly one Host header",
+            BadContentLength => "invalid Content-Length",
             MissingUpgrade => "Upgrade header must contain \"websocket\"",
             MissingConnectionUpgrade => "Connection header must contain \"Upgrade\"",
             BadKey => "Sec-WebSocket-Key must be base64 of 16 bytes",

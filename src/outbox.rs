@@ -29,6 +29,8 @@ pub struct Outbox {
     segments: VecDeque<Segment>,
     /// A moved-in buffer that has been written, kept for the owner to reuse.
     reclaimed: Vec<u8>,
+    /// Bytes queued and not yet written, kept as a count so that checking it costs nothing.
+    pending: usize,
 }
 
 /// Above this, a drained buffer is given back rather than kept for the next message. Below it,
@@ -46,16 +48,7 @@ impl Outbox {
 
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
-        let shared: usize = self
-            .segments
-            .iter()
-            .map(|s| match s {
-                Segment::Shared(f) => f.len(),
-                Segment::Moved(v) => v.len(),
-                Segment::Own(_) => 0,
-            })
-            .sum();
-        self.own.len() - self.own_sent + shared - self.shared_sent
+        self.pending
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,9 +64,14 @@ impl Outbox {
     pub fn commit(&mut self) {
         let end = self.own.len();
         if let Some(Segment::Own(e)) = self.segments.back_mut() {
+            self.pending += end - *e;
             *e = end;
-        } else if self.last_own_end() < end {
-            self.segments.push_back(Segment::Own(end));
+        } else {
+            let last = self.last_own_end();
+            if last < end {
+                self.pending += end - last;
+                self.segments.push_back(Segment::Own(end));
+            }
         }
     }
 
@@ -97,6 +95,7 @@ impl Outbox {
     /// Queues a frame shared with other connections.
     pub fn push_shared(&mut self, frame: SharedFrame) {
         if !frame.is_empty() {
+            self.pending += frame.len();
             self.segments.push_back(Segment::Shared(frame));
         }
     }
@@ -105,6 +104,7 @@ impl Outbox {
     /// [`Outbox::take_reclaimed`].
     pub fn push_moved(&mut self, bytes: Vec<u8>) {
         if !bytes.is_empty() {
+            self.pending += bytes.len();
             self.segments.push_back(Segment::Moved(bytes));
         }
     }
@@ -151,6 +151,7 @@ impl Outbox {
 
     /// Drops `n` written bytes from the front.
     fn advance(&mut self, mut n: usize) {
+        self.pending -= n;
         while n > 0 {
             match self.segments.front() {
                 Some(Segment::Own(end)) => {

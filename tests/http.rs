@@ -879,13 +879,10 @@ fn request_bodies_are_framed_by_content_length() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Server bugs found while writing these tests. Each test asserts the correct behaviour and
-// fails today; they are ignored so the suite stays green until the fix lands. Run them with
-// `cargo test --test http -- --ignored`.
+// Regressions: server bugs found while writing these tests, each fixed, each kept.
 // ---------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: a request followed by the client's FIN (half-close) is never answered"]
 fn bug_half_closed_client_still_gets_its_response() {
     // `printf 'GET / HTTP/1.0\r\n\r\n' | nc -N host port` and similar one-shot clients
     // send the request and shut down their write side at once. The server reads the
@@ -912,7 +909,6 @@ fn bug_half_closed_client_still_gets_its_response() {
 }
 
 #[test]
-#[ignore = "BUG: conflicting or non-digit Content-Length is accepted (RFC 9112 6.3: 400 + close)"]
 fn bug_invalid_content_length_is_rejected() {
     // RFC 9112 §6.3 (5) / RFC 9110 §8.6: Content-Length is 1*DIGIT; differing repeated values
     // or a non-digit value make the framing invalid and the server MUST answer 400 and close.
@@ -934,7 +930,6 @@ fn bug_invalid_content_length_is_rejected() {
 }
 
 #[test]
-#[ignore = "BUG: HTTP/1.1 request without Host (or with two) is served (RFC 9112 3.2: MUST 400)"]
 fn bug_http11_request_needs_exactly_one_host() {
     let site = Site::new("host");
     let server = site.start(&[]);
@@ -955,7 +950,6 @@ fn rss_kib(server: &TestServer) -> u64 {
 }
 
 #[test]
-#[ignore = "BUG: pipelined requests from a client that does not read are answered into an unbounded buffer"]
 fn bug_pipelined_responses_do_not_grow_memory_without_bound() {
     // 200 pipelined GETs of a 1 MiB file are about 8 KB of requests. The server parses all
     // of them at once and queues all 200 MiB of answers, whether or not the client reads:

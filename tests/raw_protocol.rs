@@ -397,3 +397,44 @@ fn unsolicited_pongs_are_ignored() {
         (true, 1, b"after the pong".to_vec())
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_peer_that_sends_without_reading_is_paused_not_buffered() {
+    let server = TestServer::start(&["--max-backlog", "1048576"]);
+    let s = server.ws_raw("/");
+    let before = rss_kib(server.child.id());
+    // 64 echoes of 1 MiB each, written while nobody reads the answers.
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for i in 0..64u8 {
+            if writer
+                .write_all(&frame(true, 2, &vec![i; 1 << 20]))
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let grown = rss_kib(server.child.id()).saturating_sub(before);
+    assert!(
+        grown < 24 * 1024,
+        "server grew {} MiB for a peer that does not read",
+        grown / 1024
+    );
+    // Nothing was lost: every echo comes back, in order, once the peer reads.
+    let mut reader = s;
+    for i in 0..64u8 {
+        let (fin, op, payload) = read_frame(&mut reader).unwrap();
+        assert_eq!((fin, op, payload.len()), (true, 2, 1 << 20));
+        assert!(payload.iter().all(|&b| b == i), "echo {i} out of order");
+    }
+    assert!(sender.join().unwrap());
+}

@@ -58,6 +58,21 @@ struct Client {
     queued: bool,
     /// Bytes arrived since the last idle sweep.
     active: bool,
+    /// Not read while its unsent output is over `--max-backlog` (TCP pushes back on the peer).
+    paused: bool,
+    /// The peer sent its FIN; the connection ends once what is queued for it is written.
+    peer_closed: bool,
+}
+
+impl Client {
+    /// Bytes queued for this client and not yet written.
+    fn backlog(&self) -> usize {
+        match &self.phase {
+            Phase::Http(state) => state.out.len(),
+            Phase::WebSocket(ws) => ws.conn.out.len(),
+            Phase::Linger => 0,
+        }
+    }
 }
 
 /// Where a connection stands: awaiting a request head (the handshake, or plain HTTP with
@@ -76,6 +91,8 @@ struct HttpState {
     out: Outbox,
     /// A response said `Connection: close` (or refused the request): no more requests.
     closing: bool,
+    /// `100 Continue` was sent for the request whose body is awaited (RFC 9110 §10.1.1).
+    continued: bool,
 }
 
 struct WebSocket {
@@ -229,7 +246,9 @@ impl Server {
         }
         info!("listening on ws://{}", self.local_addr);
         loop {
-            let timeout = if self.to_read.is_empty() {
+            // Work queued during the last turn (reads cut short, output queued while flushing)
+            // must not wait for an event that may never come.
+            let timeout = if self.to_read.is_empty() && self.to_flush.is_empty() {
                 Some(self.next_wakeup().saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
@@ -348,6 +367,8 @@ impl Server {
                 deadline: None,
                 queued: false,
                 active: true,
+                paused: false,
+                peer_closed: false,
             });
             self.set_deadline(key, self.config.handshake_timeout);
             debug!("{peer}: connected");
@@ -361,6 +382,9 @@ impl Server {
         let mut buf = mem::take(&mut self.rbuf);
         let mut reads = 0;
         while let Some(client) = self.clients.get_mut(key) {
+            if client.paused || client.peer_closed {
+                break;
+            }
             if reads == READS_PER_TURN {
                 // Fairness: the rest waits for the next turn, after everyone else.
                 self.to_read.push(key);
@@ -382,6 +406,17 @@ impl Server {
                 }
             };
             self.on_bytes(key, &mut buf[..n]);
+            if let Some(client) = self.clients.get_mut(key) {
+                if client.backlog() > self.config.max_backlog {
+                    debug!(
+                        "{}: {} bytes unsent, reading paused",
+                        client.peer,
+                        client.backlog()
+                    );
+                    client.paused = true;
+                    break;
+                }
+            }
             if n < buf.len() && !drain {
                 // A short read emptied the socket; the next arrival raises a new edge.
                 break;
@@ -391,7 +426,23 @@ impl Server {
     }
 
     fn on_eof(&mut self, key: usize) {
-        let client = &self.clients[key];
+        let client = &mut self.clients[key];
+        if client.backlog() > 0 {
+            // A half-close: the peer is done sending but may still read what it asked for.
+            debug!(
+                "{}: FIN with {} bytes still to send",
+                client.peer,
+                client.backlog()
+            );
+            client.peer_closed = true;
+            if let Phase::Http(state) = &mut client.phase {
+                state.closing = true;
+                state.partial = Vec::new();
+            }
+            self.set_deadline(key, self.config.close_timeout);
+            self.queue_flush(key);
+            return;
+        }
         match &client.phase {
             Phase::WebSocket(ws) if ws.conn.is_open() => {
                 debug!("{}: TCP closed without a close frame", client.peer)
@@ -436,13 +487,33 @@ impl Server {
                 Phase::Linger => continue,
             };
             match out.flush_to(&mut client.socket) {
+                Ok(true) if client.peer_closed => self.end(key),
                 Ok(true) if done => self.linger(key),
-                Ok(_) => {}
+                Ok(_) => self.maybe_resume(key),
                 Err(e) => {
                     debug!("{}: write error: {e}", client.peer);
                     self.end(key);
                 }
             }
+        }
+    }
+
+    /// A paused connection whose backlog has drained to half is read again: first the
+    /// requests it had already sent, then the socket.
+    fn maybe_resume(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        if !client.paused || client.backlog() > self.config.max_backlog / 2 {
+            return;
+        }
+        client.paused = false;
+        debug!("{}: reading resumed", client.peer);
+        if matches!(&client.phase, Phase::Http(state) if !state.partial.is_empty()) {
+            self.http_input(key, &mut []);
+        }
+        if self.clients.get(key).is_some_and(|c| !c.paused) {
+            self.to_read.push(key);
         }
     }
 

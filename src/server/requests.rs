@@ -47,7 +47,16 @@ impl Server {
                 }
             };
             match step {
-                Step::Next(n) => at += n,
+                Step::Next(n) => {
+                    at += n;
+                    let client = &mut self.clients[key];
+                    if at < buf.len() && client.backlog() > self.config.max_backlog {
+                        // Pipelined requests wait until the answers so far have drained.
+                        client.paused = true;
+                        self.keep_partial(key, &buf[at..]);
+                        return;
+                    }
+                }
                 Step::Upgrade(true, n) => return self.ws_input(key, &mut buf[at + n..]),
                 Step::Upgrade(false, _) => return,
             }
@@ -75,11 +84,18 @@ impl Server {
         head: &Head<'_>,
         after: &[u8],
     ) -> Option<usize> {
-        let length = match head.get("Content-Length").map(parse_length) {
-            None => 0,
-            Some(Some(n)) => n,
-            Some(None) => {
-                self.refuse(key, HandshakeError::MalformedHead);
+        // RFC 9112 §3.2: "A server MUST respond with a 400 … to any HTTP/1.1 request message
+        // that lacks a Host header field and to any request message that contains more than
+        // one Host header field".
+        let hosts = head.values("Host").count();
+        if hosts > 1 || (hosts == 0 && head.minor_version >= 1) {
+            self.refuse(key, HandshakeError::MissingHost);
+            return Some(0);
+        }
+        let length = match content_length(head) {
+            Ok(n) => n,
+            Err(()) => {
+                self.refuse(key, HandshakeError::BadContentLength);
                 return Some(0);
             }
         };
@@ -102,7 +118,19 @@ impl Server {
             return Some(0);
         }
         if after.len() < length {
+            let client = &mut self.clients[key];
+            if let Phase::Http(state) = &mut client.phase {
+                if !state.continued && head.has_token("Expect", "100-continue") {
+                    // RFC 9110 §10.1.1: the client waits for this before sending the body.
+                    state.continued = true;
+                    state.out.push(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    self.queue_flush(key);
+                }
+            }
             return None;
+        }
+        if let Phase::Http(state) = &mut self.clients[key].phase {
+            state.continued = false;
         }
         let keep_alive = head.keep_alive();
         let body = &after[..length];
@@ -331,6 +359,25 @@ enum Step {
     Upgrade(bool, usize),
 }
 
-fn parse_length(v: &[u8]) -> Option<usize> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
+/// The body length (RFC 9112 §6.3): absent means none; every value, in every Content-Length
+/// field, must be the same run of digits, or the framing cannot be trusted.
+fn content_length(head: &Head<'_>) -> Result<usize, ()> {
+    let mut length = None;
+    for value in head.values("Content-Length") {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let n: usize = std::str::from_utf8(part)
+                .map_err(|_| ())?
+                .parse()
+                .map_err(|_| ())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.unwrap_or(0))
 }
