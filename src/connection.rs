@@ -231,6 +231,52 @@ impl Connection {
         }
     }
 
+    /// True between frames: no header or payload is half read.
+    pub fn at_frame_boundary(&self) -> bool {
+        self.frame.is_none() && self.header_len == 0
+    }
+
+    /// While a data frame with at least `threshold` more payload bytes is arriving: the buffer
+    /// it is assembled in and how many bytes the frame still needs. The caller may read the
+    /// socket straight into the buffer's spare capacity (saving a copy through its own read
+    /// buffer), then must call [`Connection::payload_appended`] with the count.
+    pub fn payload_room(&mut self, threshold: usize) -> Option<(&mut Vec<u8>, usize)> {
+        let frame = self.frame.as_ref()?;
+        let left = frame.len - frame.done;
+        if frame.skip || frame.opcode.is_control() || left < threshold as u64 {
+            return None;
+        }
+        let m = self.message.as_mut()?;
+        let left = left as usize;
+        m.data.reserve(left);
+        Some((&mut m.data, left))
+    }
+
+    /// `n` bytes of the current frame's payload were appended to the buffer from
+    /// [`Connection::payload_room`]: unmask and check them as [`Connection::receive`] would.
+    pub fn payload_appended<F>(&mut self, n: usize, on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        let (Some(mut frame), Some(m)) = (self.frame, self.message.as_mut()) else {
+            return;
+        };
+        let n = n.min((frame.len - frame.done) as usize).min(m.data.len());
+        let start = m.data.len() - n;
+        let piece = &mut m.data[start..];
+        if let Some(key) = frame.mask {
+            apply_mask(piece, key, frame.done as usize);
+        }
+        frame.done += n as u64;
+        self.frame = Some(frame);
+        if m.kind == MessageKind::Text && m.utf8.feed(piece).is_err() {
+            return self.fail(ProtocolError::InvalidUtf8, None, on);
+        }
+        if frame.done == frame.len {
+            self.end_frame(on);
+        }
+    }
+
     /// Checks a header against the rules of §5 for this connection. `Ok(true)` means the frame
     /// is to be skipped (we are closing and wait only for the peer's close).
     fn check(&self, h: &FrameHeader) -> Result<bool, ProtocolError> {
@@ -683,6 +729,28 @@ mod tests {
         assert_eq!(out, expect_out);
         assert_eq!(events.len(), 3);
         assert_eq!(state, State::Open);
+    }
+
+    #[test]
+    fn reading_straight_into_the_payload_buffer_equals_receive() {
+        let payload: Vec<u8> = "grüße ".bytes().cycle().take(70_000).collect();
+        let wire = masked(true, Opcode::Text, &payload);
+        let mut c = Connection::new(Role::Server, MAX);
+        let mut got = Vec::new();
+        let mut on = |_: &mut Connection, e: Event<'_>| got.push(OwnedEvent::from(e));
+        // The header and a few payload bytes go through receive(), the rest is appended.
+        c.receive(&mut wire[..20].to_vec(), &mut on);
+        assert!(!c.at_frame_boundary());
+        let mut at = 20;
+        while at < wire.len() {
+            let (buf, left) = c.payload_room(1).expect("room while the frame is open");
+            let n = left.min(4099).min(wire.len() - at);
+            buf.extend_from_slice(&wire[at..at + n]);
+            at += n;
+            c.payload_appended(n, &mut on);
+        }
+        assert!(c.at_frame_boundary());
+        assert_eq!(got, vec![OwnedEvent::Message(MessageKind::Text, payload)]);
     }
 
     #[test]

@@ -438,3 +438,24 @@ fn a_peer_that_sends_without_reading_is_paused_not_buffered() {
     }
     assert!(sender.join().unwrap());
 }
+
+#[test]
+fn large_frames_read_straight_into_their_buffer_are_still_checked() {
+    let server = TestServer::start(&[]);
+    let mut s = server.ws_raw("/");
+    // A large valid text message first: the server then reads large frames header-first and
+    // their payload straight into the message buffer, where UTF-8 is checked as it arrives.
+    let good: Vec<u8> = "κόσμε ".bytes().cycle().take(200_000).collect();
+    let good = &good[..good.len() - good.len() % 11]; // whole "κόσμε " repeats
+    s.write_all(&frame(true, 1, good)).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap(), (true, 1, good.to_vec()));
+    let mut bad = vec![b'a'; 150_000];
+    bad[149_990] = 0xff;
+    let wire = frame(true, 1, &bad);
+    // Sent in pieces, so the bad byte arrives in a later read than the header.
+    for piece in wire.chunks(30_000) {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(read_close_code(&mut s), Some(1007));
+}

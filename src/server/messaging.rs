@@ -5,9 +5,17 @@ use super::*;
 impl Server {
     /// Feeds a WebSocket connection and acts on its events.
     pub(super) fn ws_input(&mut self, key: usize, data: &mut [u8]) {
-        if data.is_empty() {
-            return;
+        if !data.is_empty() {
+            self.ws_feed(key, Input::Bytes(data));
         }
+    }
+
+    /// `n` payload bytes were read straight into the connection's own buffer.
+    pub(super) fn ws_appended(&mut self, key: usize, n: usize) {
+        self.ws_feed(key, Input::Appended(n));
+    }
+
+    fn ws_feed(&mut self, key: usize, input: Input<'_>) {
         let Server {
             clients,
             stats,
@@ -23,6 +31,7 @@ impl Server {
         let WebSocket {
             conn,
             route,
+            large,
             program,
         } = &mut **ws;
         let peer = client.peer;
@@ -31,6 +40,7 @@ impl Server {
         let room_echo = config.room_echo;
         let mut on = |c: &mut Connection, e: Event<'_>| match e {
             Event::Message(kind, payload) => {
+                *large = payload.len() >= DIRECT_READ_MIN;
                 stats.messages_in += 1;
                 stats.bytes_in += payload.len() as u64;
                 if console {
@@ -65,7 +75,10 @@ impl Server {
             }
             other => log_event(peer, &other),
         };
-        conn.receive(data, &mut on);
+        match input {
+            Input::Bytes(data) => conn.receive(data, &mut on),
+            Input::Appended(n) => conn.payload_appended(n, &mut on),
+        }
         let after = conn.state();
         let pending = !conn.out.is_empty();
         if after != before {
@@ -248,4 +261,11 @@ fn utc_time_of_day() -> String {
         secs % 3600 / 60,
         secs % 60
     )
+}
+
+/// Bytes for a WebSocket connection: in the shared read buffer, or already appended to its
+/// own payload buffer by a direct read.
+enum Input<'a> {
+    Bytes(&'a mut [u8]),
+    Appended(usize),
 }

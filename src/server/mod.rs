@@ -24,7 +24,7 @@ use crate::connection::{Connection, Event, MessageKind, State};
 use crate::console::{self, Console, Target};
 use crate::error::{close_code, HandshakeError};
 use crate::exec::{self, Ending, Pipe, Program, RequestInfo};
-use crate::frame::{encode_frame, Role};
+use crate::frame::{encode_frame, Role, MAX_HEADER_LEN};
 use crate::handshake::{self, Head, HeadStatus};
 use crate::http::{self, Response, WebRoot};
 use crate::outbox::{Outbox, SharedFrame};
@@ -42,6 +42,9 @@ const CONSOLE: Token = Token(usize::MAX - 2);
 /// A client's socket token is its slab key shifted left, leaving room for the pipes of a
 /// program attached to the same connection.
 const TOKEN_SHIFT: u32 = 2;
+
+/// Frames with at least this much payload to come are read straight into their own buffer.
+const DIRECT_READ_MIN: usize = 16 * 1024;
 
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_TURN: usize = 8;
@@ -98,6 +101,9 @@ struct HttpState {
 struct WebSocket {
     conn: Connection,
     route: Route,
+    /// The last message was large: read the next frame's header alone, so that its payload
+    /// can be read straight into the buffer it is assembled in.
+    large: bool,
     /// The connection's own program (the exec route).
     program: Option<Box<Program>>,
 }
@@ -391,7 +397,37 @@ impl Server {
                 break;
             }
             reads += 1;
-            let n = match client.socket.read(&mut buf) {
+            let mut want = buf.len();
+            if let Phase::WebSocket(ws) = &mut client.phase {
+                if let Some((room, left)) = ws.conn.payload_room(DIRECT_READ_MIN) {
+                    // The rest of a large frame: read it where it is assembled, saving a copy.
+                    match read_into_spare(&client.socket, room, left) {
+                        Ok(0) => {
+                            self.on_eof(key);
+                            break;
+                        }
+                        Ok(n) => {
+                            client.active = true;
+                            self.ws_appended(key, n);
+                            if n < left && !drain {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            debug!("{}: read error: {e}", client.peer);
+                            self.end(key);
+                            break;
+                        }
+                    }
+                }
+                if ws.large && ws.conn.at_frame_boundary() {
+                    want = MAX_HEADER_LEN;
+                }
+            }
+            let n = match client.socket.read(&mut buf[..want]) {
                 Ok(0) => {
                     self.on_eof(key);
                     break;
@@ -417,7 +453,7 @@ impl Server {
                     break;
                 }
             }
-            if n < buf.len() && !drain {
+            if n < want && !drain {
                 // A short read emptied the socket; the next arrival raises a new edge.
                 break;
             }
@@ -608,6 +644,22 @@ impl Server {
             }
         }
     }
+}
+
+/// Reads up to `max` bytes into the spare capacity of `buf` (no zero-filling first).
+fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    // SAFETY: recv(2) writes at most `max` bytes into the spare capacity, which is at least
+    // that long.
+    let n = unsafe { libc::recv(socket.as_raw_fd(), spare.as_mut_ptr().cast(), max, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel initialised exactly these `n` bytes.
+    unsafe { buf.set_len(buf.len() + n as usize) };
+    Ok(n as usize)
 }
 
 /// Queues a shared frame on one client if it is an open WebSocket; true if queued.

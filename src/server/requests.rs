@@ -316,6 +316,7 @@ impl Server {
         client.phase = Phase::WebSocket(Box::new(WebSocket {
             conn,
             route: route.clone(),
+            large: false,
             program,
         }));
         client.deadline = None;
