@@ -155,6 +155,9 @@ pub struct Server {
     to_flush: Vec<usize>,
     /// Clients whose read budget ran out with bytes maybe still waiting.
     to_read: Vec<usize>,
+    /// The list being worked through, swapped with `to_flush` or `to_read` so that neither
+    /// allocates each turn.
+    working: Vec<usize>,
     signals: Option<mio::unix::pipe::Receiver>,
     stopping: Option<Instant>,
     /// When quiet connections next give back their spare buffers.
@@ -224,6 +227,7 @@ impl Server {
             timers: BinaryHeap::new(),
             to_flush: Vec::new(),
             to_read: Vec::new(),
+            working: Vec::new(),
             signals: None,
             stopping: None,
             next_sweep: Instant::now() + config_sweep,
@@ -287,9 +291,12 @@ impl Server {
                     }
                 }
             }
-            for key in mem::take(&mut self.to_read) {
+            let mut keys = mem::replace(&mut self.to_read, mem::take(&mut self.working));
+            for &key in &keys {
                 self.on_readable(key, true);
             }
+            keys.clear();
+            self.working = keys;
             self.flush_all();
             let now = Instant::now();
             self.expire_timers(now);
@@ -509,7 +516,8 @@ impl Server {
 
     /// Writes each client's gathered output: one `write_vectored` per client per turn.
     fn flush_all(&mut self) {
-        for key in mem::take(&mut self.to_flush) {
+        let mut keys = mem::replace(&mut self.to_flush, mem::take(&mut self.working));
+        for &key in &keys {
             let Some(client) = self.clients.get_mut(key) else {
                 continue;
             };
@@ -532,6 +540,8 @@ impl Server {
                 }
             }
         }
+        keys.clear();
+        self.working = keys;
     }
 
     /// A paused connection whose backlog has drained to half is read again: first the
