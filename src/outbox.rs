@@ -136,7 +136,14 @@ impl Outbox {
                     };
                     count = i + 1;
                 }
-                match w.write_vectored(&slices[..count]) {
+                // One slice is the common case (an echo): a plain write spares the kernel
+                // the iovec import.
+                let written = if count == 1 {
+                    w.write(&slices[0])
+                } else {
+                    w.write_vectored(&slices[..count])
+                };
+                match written {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
