@@ -202,32 +202,11 @@ pub fn write_refusal(out: &mut Vec<u8>, err: HandshakeError) {
     out.extend_from_slice(
         format!(
             "HTTP/1.1 {status} {}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
-            status_text(status),
+            crate::http::reason_phrase(status),
             reason.len() + 1
         )
         .as_bytes(),
     );
-}
-
-/// Reason phrases for the statuses the handshake may answer with (RFC 9110 §15).
-pub fn status_text(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
 }
 
 #[cfg(test)]

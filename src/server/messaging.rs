@@ -136,6 +136,24 @@ impl Server {
         n
     }
 
+    /// Queues a shared frame for every open WebSocket; returns how many.
+    fn deliver_to_all(&mut self, frame: &SharedFrame) -> usize {
+        let Server {
+            clients,
+            to_flush,
+            stats,
+            ..
+        } = self;
+        let keys: Vec<usize> = clients.iter().map(|(k, _)| k).collect();
+        let n = keys
+            .into_iter()
+            .filter(|&k| send_to(clients, to_flush, k, frame))
+            .count();
+        stats.messages_out += n as u64;
+        stats.bytes_out += (n * frame.len()) as u64;
+        n
+    }
+
     /// `--room-events`: tells a room's members who is there now.
     pub(super) fn room_event(&mut self, event: &str, room: &str, clients: usize) {
         let json = format!("{{\"event\":\"{event}\",\"room\":\"{room}\",\"clients\":{clients}}}");
@@ -157,22 +175,7 @@ impl Server {
         let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
         let n = match self.config.push_room.clone() {
             Some(room) => self.deliver(&room, None, &frame),
-            None => {
-                let Server {
-                    clients,
-                    to_flush,
-                    stats,
-                    ..
-                } = self;
-                let keys: Vec<usize> = clients.iter().map(|(k, _)| k).collect();
-                let n = keys
-                    .into_iter()
-                    .filter(|&k| send_to(clients, to_flush, k, &frame))
-                    .count();
-                stats.messages_out += n as u64;
-                stats.bytes_out += (n * frame.len()) as u64;
-                n
-            }
+            None => self.deliver_to_all(&frame),
         };
         debug!("push {}: {n} clients", self.pushes);
         // The next push keeps to the period; if the loop fell behind, it skips rather than bursts.
@@ -207,22 +210,7 @@ impl Server {
         let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
         let n = match target {
             Target::Room(room) => self.deliver(room, None, &frame),
-            Target::Everyone => {
-                let Server {
-                    clients,
-                    to_flush,
-                    stats,
-                    ..
-                } = self;
-                let keys: Vec<usize> = clients.iter().map(|(k, _)| k).collect();
-                let n = keys
-                    .into_iter()
-                    .filter(|&k| send_to(clients, to_flush, k, &frame))
-                    .count();
-                stats.messages_out += n as u64;
-                stats.bytes_out += (n * frame.len()) as u64;
-                n
-            }
+            Target::Everyone => self.deliver_to_all(&frame),
         };
         debug!("console: line sent to {n} clients");
     }

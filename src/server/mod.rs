@@ -405,36 +405,25 @@ impl Server {
             }
             reads += 1;
             let mut want = buf.len();
-            if let Phase::WebSocket(ws) = &mut client.phase {
-                if let Some((room, left)) = ws.conn.payload_room(DIRECT_READ_MIN) {
+            let mut direct = false;
+            let result = match &mut client.phase {
+                Phase::WebSocket(ws) => match ws.conn.payload_room(DIRECT_READ_MIN) {
                     // The rest of a large frame: read it where it is assembled, saving a copy.
-                    match read_into_spare(&client.socket, room, left) {
-                        Ok(0) => {
-                            self.on_eof(key);
-                            break;
-                        }
-                        Ok(n) => {
-                            client.active = true;
-                            self.ws_appended(key, n);
-                            if n < left && !drain {
-                                break;
-                            }
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            debug!("{}: read error: {e}", client.peer);
-                            self.end(key);
-                            break;
-                        }
+                    Some((room, left)) => {
+                        direct = true;
+                        want = left;
+                        read_into_spare(&client.socket, room, left)
                     }
-                }
-                if ws.large && ws.conn.at_frame_boundary() {
-                    want = MAX_HEADER_LEN;
-                }
-            }
-            let n = match client.socket.read(&mut buf[..want]) {
+                    None => {
+                        if ws.large && ws.conn.at_frame_boundary() {
+                            want = MAX_HEADER_LEN;
+                        }
+                        client.socket.read(&mut buf[..want])
+                    }
+                },
+                _ => client.socket.read(&mut buf),
+            };
+            let n = match result {
                 Ok(0) => {
                     self.on_eof(key);
                     break;
@@ -448,7 +437,12 @@ impl Server {
                     break;
                 }
             };
-            self.on_bytes(key, &mut buf[..n]);
+            if direct {
+                client.active = true;
+                self.ws_appended(key, n);
+            } else {
+                self.on_bytes(key, &mut buf[..n]);
+            }
             if let Some(client) = self.clients.get_mut(key) {
                 if client.backlog() > self.config.max_backlog {
                     debug!(
