@@ -2,7 +2,8 @@
 //! and as a client, echoing every message. Never panics, and:
 //!
 //! * the events do not depend on how the input was split (whole, at the chosen point, byte
-//!   by byte); as the server, neither does the output;
+//!   by byte) nor on whether payloads were read straight into the message buffer
+//!   (`payload_room`); as the server, neither does the output;
 //! * no message is delivered after the connection failed or the peer closed;
 //! * what it writes is a sequence of well-formed frames, masked as its role requires, with
 //!   nothing after its close frame.
@@ -14,7 +15,19 @@ use wsloop::frame::{parse_header, Opcode, Parse, Role};
 
 const MAX_MESSAGE: usize = 1 << 16;
 
+/// How pieces reach the connection: all through `receive`, or, as the server does for large
+/// frames, straight into the payload buffer whenever `payload_room` offers one.
+#[derive(Clone, Copy, PartialEq)]
+enum Feed {
+    Receive,
+    Direct,
+}
+
 fn run(role: Role, pieces: &[&[u8]]) -> (Vec<OwnedEvent>, Vec<u8>, State) {
+    run_with(role, pieces, Feed::Receive)
+}
+
+fn run_with(role: Role, pieces: &[&[u8]], feed: Feed) -> (Vec<OwnedEvent>, Vec<u8>, State) {
     let mut c = Connection::new(role, MAX_MESSAGE);
     let mut events: Vec<OwnedEvent> = Vec::new();
     let mut ended = false;
@@ -38,8 +51,27 @@ fn run(role: Role, pieces: &[&[u8]]) -> (Vec<OwnedEvent>, Vec<u8>, State) {
         }
     };
     for piece in pieces {
-        let mut piece = piece.to_vec();
-        c.receive(&mut piece, &mut on);
+        let mut rest: &[u8] = piece;
+        while !rest.is_empty() {
+            if feed == Feed::Direct {
+                if let Some((buf, left)) = c.payload_room(1) {
+                    let n = left.min(rest.len());
+                    buf.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    c.payload_appended(n, &mut on);
+                    continue;
+                }
+            }
+            // Through `receive`: everything, or (direct) up to where a payload may start.
+            let n = if feed == Feed::Direct {
+                rest.len().min(14)
+            } else {
+                rest.len()
+            };
+            let mut bytes = rest[..n].to_vec();
+            rest = &rest[n..];
+            c.receive(&mut bytes, &mut on);
+        }
     }
     let mut out = Vec::new();
     assert!(c.out.flush_to(&mut out).expect("a Vec never fails a write"));
@@ -99,6 +131,18 @@ fuzz_target!(|input: &[u8]| {
         if role == Role::Server {
             // Server output is unmasked, so deterministic.
             assert_eq!(whole.1, split.1, "output differs when split at {cut}");
+        }
+        let direct = run_with(role, &[a, b], Feed::Direct);
+        assert_eq!(
+            whole.0, direct.0,
+            "{role:?}: events differ when read directly"
+        );
+        assert_eq!(
+            whole.2, direct.2,
+            "{role:?}: state differs when read directly"
+        );
+        if role == Role::Server {
+            assert_eq!(whole.1, direct.1, "output differs when read directly");
         }
         if data.len() <= 512 {
             let bytes: Vec<&[u8]> = data.chunks(1).collect();
