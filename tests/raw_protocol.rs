@@ -341,27 +341,34 @@ fn connection_limit_answers_503() {
     assert_eq!(status(&head), 503, "{head}");
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM: every client gets a 1001 close, then the server exits 0.
 #[test]
-fn sigterm_closes_clients_with_1001_and_exits() {
-    let mut server = TestServer::start(&[]);
-    let mut s = server.ws_raw("/");
-    // SAFETY-free: kill(1) by the PID we started.
-    let pid = server.child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert_eq!(read_close_code(&mut s), Some(1001));
-    s.write_all(&frame(true, 8, &1001u16.to_be_bytes()))
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(st) = server.child.try_wait().unwrap() {
-            assert!(st.success(), "exit status {st:?}");
-            break;
+fn ctrl_c_and_sigterm_close_clients_with_1001_and_exit() {
+    for signal in ["-INT", "-TERM"] {
+        let mut server = TestServer::start(&[]);
+        let mut s = server.ws_raw("/");
+        // kill(1) by the PID this test started.
+        let pid = server.child.id().to_string();
+        std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert_eq!(read_close_code(&mut s), Some(1001), "{signal}");
+        s.write_all(&frame(true, 8, &1001u16.to_be_bytes()))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(st) = server.child.try_wait().unwrap() {
+                assert!(st.success(), "{signal}: exit status {st:?}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{signal}: server did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(std::time::Instant::now() < deadline, "server did not exit");
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(server.wait_log("stopped"), "{signal}");
     }
 }
 
