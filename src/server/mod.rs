@@ -310,7 +310,12 @@ impl Server {
                 self.tick_endings(now);
             }
             if let Some(deadline) = self.stopping {
-                if self.clients.is_empty() || now >= deadline {
+                // Connections that only wait for the peer's FIN have said all they had to.
+                let closing = self
+                    .clients
+                    .iter()
+                    .any(|(_, c)| !matches!(c.phase, Phase::Linger));
+                if !closing || now >= deadline {
                     self.stop_programs();
                     info!("stopped");
                     return Ok(());
