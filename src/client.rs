@@ -7,7 +7,7 @@
 //! for pipes, terminals, regular files and `/dev/null` (epoll refuses regular files).
 
 use std::fmt;
-use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::config::parse_duration;
 use crate::connection::{Connection, Event, MessageKind};
 use crate::error::ProtocolError;
-use crate::frame::{encode_frame, random_mask, Opcode, Role};
+use crate::frame::{random_mask, Role};
 use crate::handshake::accept_key;
 
 /// Exit statuses of `wsloop client`, also listed in its `--help`.
@@ -428,47 +428,6 @@ fn spawn_stdin_reader(tx: SyncSender<Input>, waker: Arc<Waker>) -> io::Result<()
         .map(|_| ())
 }
 
-/// A writer that takes at most `left` more bytes, then reports `WouldBlock`: it lets the
-/// outbox send everything up to our close frame and nothing the codec queues after it.
-struct Limited<'a, W> {
-    inner: &'a mut W,
-    left: usize,
-}
-
-impl<W: Write> Write for Limited<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.inner.write(&buf[..buf.len().min(self.left)])?;
-        self.left -= n;
-        Ok(n)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let mut room = self.left;
-        let mut cut = Vec::with_capacity(bufs.len());
-        for b in bufs {
-            if room == 0 {
-                break;
-            }
-            let k = b.len().min(room);
-            cut.push(IoSlice::new(&b[..k]));
-            room -= k;
-        }
-        let n = self.inner.write_vectored(&cut)?;
-        self.left -= n;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// `500ms`, `2s`, `1.5s`: durations as the flags spell them.
 fn show(d: Duration) -> String {
     if d < Duration::from_secs(1) {
@@ -534,7 +493,7 @@ fn run_client(args: &ClientArgs) -> Result<i32, Failure> {
         conn: Connection::new(Role::Client, args.max_message_size),
         sock: mio::net::TcpStream::from_std(stream),
         received: 0,
-        close_left: None,
+        close_sent: false,
         stdin_done: false,
         peer_close: None,
         protocol_error: None,
@@ -695,8 +654,8 @@ struct Session<'a> {
     conn: Connection,
     sock: mio::net::TcpStream,
     received: u64,
-    /// Once we queued our close: the bytes still to write up to and including it.
-    close_left: Option<usize>,
+    /// Our close frame is queued.
+    close_sent: bool,
     stdin_done: bool,
     /// The server's close frame: code and reason.
     peer_close: Option<(Option<u16>, String)>,
@@ -814,7 +773,7 @@ impl Session<'_> {
     /// Takes stdin lines and sends them while little is waiting to be written. Returns true
     /// when it stopped with input possibly left (the outbox was full).
     fn pump_stdin(&mut self, rx: &Receiver<Input>) -> Result<bool, Failure> {
-        while !self.stdin_done && self.close_left.is_none() && self.result.is_none() {
+        while !self.stdin_done && !self.close_sent && self.result.is_none() {
             if !self.conn.is_open() {
                 return Ok(false);
             }
@@ -854,46 +813,23 @@ impl Session<'_> {
         Ok(false)
     }
 
-    /// Queues our close (1000) without moving the codec out of `Open`: messages the server
-    /// sent before it sees our close (echoes of the last lines) are still delivered.
+    /// Queues our close (1000). Messages the server sent before it sees our close (echoes of
+    /// the last lines) are still delivered by the codec until the server's close arrives.
     fn start_close(&mut self) {
-        if self.close_left.is_some() || !self.conn.is_open() {
+        if self.close_sent || !self.conn.is_open() {
             return;
         }
-        encode_frame(
-            self.conn.out.buf(),
-            true,
-            Opcode::Close,
-            Some(random_mask()),
-            &1000u16.to_be_bytes(),
-        );
-        self.conn.out.commit();
-        self.close_left = Some(self.conn.out.len());
+        self.conn.close(1000, "");
+        self.close_sent = true;
         self.linger_until = Some(Instant::now() + CLOSE_WAIT);
     }
 
-    /// Writes what is pending (up to our close, once queued). True when nothing is left.
+    /// Writes what is pending. True when nothing is left.
     fn flush(&mut self) -> bool {
         if self.eof {
             return false;
         }
-        let r = match self.close_left {
-            None => self.conn.out.flush_to(&mut self.sock),
-            Some(0) => Ok(true),
-            Some(left) => {
-                let mut w = Limited {
-                    inner: &mut self.sock,
-                    left,
-                };
-                let r = self.conn.out.flush_to(&mut w);
-                self.close_left = Some(w.left);
-                match r {
-                    Ok(false) if w.left == 0 => Ok(true),
-                    r => r,
-                }
-            }
-        };
-        match r {
+        match self.conn.out.flush_to(&mut self.sock) {
             Ok(done) => done,
             Err(_) => {
                 // The peer is gone; what it sent before going is still read below.
@@ -949,7 +885,7 @@ impl Session<'_> {
                 });
             }
             // Our close is out, or the codec's answer to theirs is written: done.
-            if self.close_left.is_some() || self.conn.out.is_empty() || self.eof {
+            if self.close_sent || self.conn.out.is_empty() || self.eof {
                 return self.result;
             }
             self.linger_until = Some(
@@ -1187,21 +1123,6 @@ mod tests {
                 content_length: Some(35),
             }))
         );
-    }
-
-    #[test]
-    fn limited_writer_stops_at_the_limit() {
-        let mut sink = Vec::new();
-        let mut w = Limited {
-            inner: &mut sink,
-            left: 5,
-        };
-        let n = w
-            .write_vectored(&[IoSlice::new(b"abc"), IoSlice::new(b"defg")])
-            .unwrap();
-        assert_eq!(n, 5);
-        assert_eq!(w.write(b"x").unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        assert_eq!(sink, b"abcde");
     }
 
     #[test]

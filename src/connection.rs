@@ -113,6 +113,9 @@ pub struct Connection {
     control: Vec<u8>,
     /// The buffer of the last assembled message, kept for the next one until [`Connection::shrink`].
     spare: Vec<u8>,
+    /// We closed of our own accord: messages the peer sent before it saw our close are still
+    /// delivered (§7.1.2 lets an endpoint keep receiving until the peer's close arrives).
+    receiving_after_close: bool,
     /// Bytes to send to the peer.
     pub out: Outbox,
 }
@@ -130,6 +133,7 @@ impl Connection {
             message: None,
             control: Vec::new(),
             spare: Vec::new(),
+            receiving_after_close: false,
             out: Outbox::new(),
         }
     }
@@ -305,7 +309,7 @@ impl Connection {
             }
             return Ok(false);
         }
-        if self.state != State::Open {
+        if self.state != State::Open && !self.receiving_after_close {
             return Ok(true);
         }
         let so_far = match (&self.message, h.opcode) {
@@ -495,9 +499,13 @@ impl Connection {
             let reason = e.to_string();
             self.queue_close(e.close_code(), &reason);
             on(self, Event::Failed(e));
+        } else if self.receiving_after_close {
+            // Our close is already out; the broken rule is still worth reporting.
+            on(self, Event::Failed(e));
         }
         self.message = None;
         self.control.clear();
+        self.receiving_after_close = false;
         self.state = State::Closing { aligned };
         if let Some(h) = header {
             self.frame = Some(PartialFrame {
@@ -567,10 +575,13 @@ impl Connection {
     }
 
     /// Starts the closing handshake (§7.1.2). The reason is cut to fit a control frame.
+    /// Data messages that arrive before the peer's close are still delivered; nothing more
+    /// can be sent.
     pub fn close(&mut self, code: u16, reason: &str) {
         if self.state == State::Open {
             self.queue_close(code, reason);
             self.state = State::Closing { aligned: true };
+            self.receiving_after_close = true;
         }
     }
 
@@ -955,12 +966,34 @@ mod tests {
         c.close(1001, "going away");
         assert_eq!(c.state(), State::Closing { aligned: true });
         assert!(!c.send(MessageKind::Text, b"late"));
-        let mut n = 0;
+        // A message the peer sent before it saw our close still arrives; nothing is sent back.
+        let mut got = Vec::new();
         c.receive(
             &mut masked(true, Opcode::Text, b"in flight"),
-            &mut |_, _| n += 1,
+            &mut |c, e| {
+                if let Event::Message(k, d) = e {
+                    assert!(!c.send_payload(k, d));
+                    got.push(k);
+                }
+            },
         );
-        assert_eq!(n, 0);
+        assert_eq!(got, vec![MessageKind::Text]);
+        // A broken rule after our close is reported, with no second close frame.
+        let mut probe = Connection::new(Role::Server, 4);
+        probe.close(1000, "");
+        let queued = probe.out.len();
+        let mut failed = None;
+        probe.receive(
+            &mut masked(true, Opcode::Binary, b"too big"),
+            &mut |_, e| {
+                if let Event::Failed(err) = e {
+                    failed = Some(err);
+                }
+            },
+        );
+        assert_eq!(failed, Some(ProtocolError::MessageTooBig));
+        assert_eq!(probe.out.len(), queued);
+        let mut n = 0;
         c.receive(
             &mut masked(true, Opcode::Close, &1001u16.to_be_bytes()),
             &mut |_, _| n += 1,
