@@ -269,6 +269,26 @@ fn an_abnormal_close_exits_3_and_shows_the_code() {
     assert!(run.stderr.contains("closed by server: 1009"), "{run:?}");
 }
 
+/// A fake server's side of the handshake: reads the request head and answers a correct 101,
+/// with `then` in the same write.
+fn fake_upgrade(s: &mut std::net::TcpStream, then: &[u8]) {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let key = header(&head, "sec-websocket-key").unwrap_or("").to_string();
+    let accept = wsloop::handshake::accept_key(key.as_bytes());
+    let mut resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes();
+    resp.extend_from_slice(then);
+    s.write_all(&resp).unwrap();
+}
+
 #[test]
 fn a_dropped_connection_exits_4() {
     // A fake server: a correct 101, one message, then a TCP close with no close frame.
@@ -277,23 +297,8 @@ fn a_dropped_connection_exits_4() {
     let fake = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        let key = header(&head, "sec-websocket-key").unwrap_or("").to_string();
-        let accept = wsloop::handshake::accept_key(key.as_bytes());
-        let mut resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        )
-        .into_bytes();
         // The first message rides in the same write as the head.
-        resp.extend_from_slice(&[0x81, 5]);
-        resp.extend_from_slice(b"hello");
-        s.write_all(&resp).unwrap();
+        fake_upgrade(&mut s, &[0x81, 5, b'h', b'e', b'l', b'l', b'o']);
         std::thread::sleep(Duration::from_millis(100));
     });
     let run = client(&[&url, "--no-close", "--timeout", "5s"], b"");
@@ -314,19 +319,7 @@ fn a_server_that_stays_silent_after_our_close_times_out_with_5() {
     let fake = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        let key = header(&head, "sec-websocket-key").unwrap_or("").to_string();
-        let accept = wsloop::handshake::accept_key(key.as_bytes());
-        let resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
-        s.write_all(resp.as_bytes()).unwrap();
+        fake_upgrade(&mut s, &[]);
         let mut sink = [0u8; 1024];
         while s.read(&mut sink).map(|n| n > 0).unwrap_or(false) {}
     });
