@@ -466,3 +466,31 @@ fn large_frames_read_straight_into_their_buffer_are_still_checked() {
     }
     assert_eq!(read_close_code(&mut s), Some(1007));
 }
+
+#[test]
+fn a_get_pipelined_before_an_upgrade_is_answered_first() {
+    let server = TestServer::start(&[]);
+    let mut s = server.connect();
+    let mut wire = b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    wire.extend(upgrade_request("/echo", &[]).into_bytes());
+    wire.extend(frame(true, 1, b"after both"));
+    s.write_all(&wire).unwrap();
+    let (head, body) = read_response(&mut s);
+    assert_eq!(status(&head), 200, "{head}");
+    assert!(!body.is_empty());
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 101"));
+    assert_eq!(
+        read_frame(&mut s).unwrap(),
+        (true, 1, b"after both".to_vec())
+    );
+}
+
+#[test]
+fn an_upgrade_with_two_host_headers_is_refused() {
+    let server = TestServer::start(&[]);
+    let mut s = server.connect();
+    s.write_all(upgrade_request("/", &["Host: other"]).as_bytes())
+        .unwrap();
+    let (head, _) = read_response(&mut s);
+    assert_eq!(status(&head), 400, "{head}");
+}

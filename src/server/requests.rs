@@ -13,35 +13,40 @@ impl Server {
         if state.closing {
             return;
         }
-        let mut kept;
-        let buf: &mut [u8] = if state.partial.is_empty() {
-            data
-        } else {
-            state.partial.extend_from_slice(data);
-            kept = mem::take(&mut state.partial);
-            &mut kept
-        };
+        // The bytes to parse: straight from the read buffer, or after those kept from before
+        // (taken out, and put back below without a copy when nothing of them was used).
+        let mut kept = mem::take(&mut state.partial);
+        let from_kept = !kept.is_empty();
+        if from_kept {
+            kept.extend_from_slice(data);
+        }
+        let buf: &mut [u8] = if from_kept { &mut kept } else { &mut *data };
         let mut at = 0;
-        while at < buf.len() {
+        let keep_from = loop {
+            if at == buf.len() {
+                break None;
+            }
             let step = match handshake::parse_head(&buf[at..], self.config.max_head_size) {
-                Ok(HeadStatus::Partial) => {
-                    self.keep_partial(key, &buf[at..]);
-                    return;
-                }
+                Ok(HeadStatus::Partial) => break Some(at),
                 Err(e) => {
                     self.refuse(key, e);
-                    return;
+                    break None;
                 }
                 Ok(HeadStatus::Complete(head, n)) => {
+                    // RFC 9112 §3.2: "A server MUST respond with a 400 … to any HTTP/1.1
+                    // request message that lacks a Host header field and to any request
+                    // message that contains more than one Host header field".
+                    let hosts = head.values("Host").count();
+                    if hosts > 1 || (hosts == 0 && head.minor_version >= 1) {
+                        self.refuse(key, HandshakeError::MissingHost);
+                        break None;
+                    }
                     if head.wants_websocket() {
                         Step::Upgrade(self.upgrade(key, &head), n)
                     } else {
                         match self.http_request(key, &head, &buf[at + n..]) {
                             Some(used) => Step::Next(n + used),
-                            None => {
-                                self.keep_partial(key, &buf[at..]);
-                                return;
-                            }
+                            None => break Some(at),
                         }
                     }
                 }
@@ -53,26 +58,31 @@ impl Server {
                     if at < buf.len() && client.backlog() > self.config.max_backlog {
                         // Pipelined requests wait until the answers so far have drained.
                         client.paused = true;
-                        self.keep_partial(key, &buf[at..]);
-                        return;
+                        break Some(at);
                     }
                 }
-                Step::Upgrade(true, n) => return self.ws_input(key, &mut buf[at + n..]),
-                Step::Upgrade(false, _) => return,
+                Step::Upgrade(true, n) => {
+                    self.ws_input(key, &mut buf[at + n..]);
+                    break None;
+                }
+                Step::Upgrade(false, _) => break None,
             }
             let Phase::Http(state) = &self.clients[key].phase else {
-                return;
+                break None;
             };
             if state.closing {
-                return;
+                break None;
             }
-        }
-    }
-
-    pub(super) fn keep_partial(&mut self, key: usize, rest: &[u8]) {
+        };
+        let Some(at) = keep_from else { return };
+        let rest = if from_kept {
+            kept.drain(..at);
+            kept
+        } else {
+            data[at..].to_vec()
+        };
         if let Phase::Http(state) = &mut self.clients[key].phase {
-            state.partial.clear();
-            state.partial.extend_from_slice(rest);
+            state.partial = rest;
         }
     }
 
@@ -84,14 +94,6 @@ impl Server {
         head: &Head<'_>,
         after: &[u8],
     ) -> Option<usize> {
-        // RFC 9112 §3.2: "A server MUST respond with a 400 … to any HTTP/1.1 request message
-        // that lacks a Host header field and to any request message that contains more than
-        // one Host header field".
-        let hosts = head.values("Host").count();
-        if hosts > 1 || (hosts == 0 && head.minor_version >= 1) {
-            self.refuse(key, HandshakeError::MissingHost);
-            return Some(0);
-        }
         let length = match content_length(head) {
             Ok(n) => n,
             Err(()) => {
@@ -300,12 +302,20 @@ impl Server {
             None
         };
         let mut conn = Connection::new(Role::Server, self.config.max_message_size);
-        // The 101 goes out now if the socket takes it (it nearly always does), so that an
-        // idle connection keeps no output buffer; whatever it does not take is queued.
         let client = &mut self.clients[key];
+        // Answers to requests pipelined before this one go out first.
+        if let Phase::Http(state) = &mut client.phase {
+            conn.out = mem::take(&mut state.out);
+        }
         self.scratch.clear();
         handshake::write_accept(&mut self.scratch, &accepted);
-        let sent = client.socket.write(&self.scratch).unwrap_or_default();
+        // The 101 goes out now if nothing is ahead of it and the socket takes it (it nearly
+        // always does), so that an idle connection keeps no output buffer.
+        let sent = if conn.out.is_empty() {
+            client.socket.write(&self.scratch).unwrap_or_default()
+        } else {
+            0
+        };
         if sent < self.scratch.len() {
             conn.out.push(&self.scratch[sent..]);
         }
