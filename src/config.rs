@@ -129,6 +129,27 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Checks what the flags' own parsers cannot: names and periods that must make sense.
+    pub fn validate(&self) -> std::io::Result<()> {
+        let invalid = |msg: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+        for (flag, room) in [
+            ("--push-room", &self.push_room),
+            ("--root-room", &self.root_room),
+        ] {
+            if let Some(room) = room {
+                if !crate::room::valid_name(room) {
+                    return invalid(format!("{flag} {room:?}: not a room name"));
+                }
+            }
+        }
+        if self.push_every.is_some_and(|d| d.is_zero()) {
+            return invalid("--push-every must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
 /// Reads durations such as `500ms`, `2s`, `1m` or `1h` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -164,6 +185,21 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("2 weeks").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(Config::default().validate().is_ok());
+        let bad_room = Config {
+            push_room: Some("bad/name".into()),
+            ..Config::default()
+        };
+        assert!(bad_room.validate().is_err());
+        let zero_period = Config {
+            push_every: Some(Duration::ZERO),
+            ..Config::default()
+        };
+        assert!(zero_period.validate().is_err());
     }
 
     #[test]

@@ -90,18 +90,19 @@ impl Server {
             self.queue_flush(key);
         }
         if !self.to_room.is_empty() {
-            let frames = mem::take(&mut self.to_room);
+            let mut frames = mem::take(&mut self.to_room);
             if let Some(Route::Room(name)) = self.route_of(key) {
                 for frame in &frames {
                     self.deliver(&name, Some(key), frame);
                 }
             }
+            frames.clear();
             self.to_room = frames;
-            self.to_room.clear();
         }
     }
 
-    pub(super) fn route_of(&self, key: usize) -> Option<Route> {
+    /// A connection's route; a room's name is shared, so this costs no allocation.
+    fn route_of(&self, key: usize) -> Option<Route> {
         match &self.clients.get(key)?.phase {
             Phase::WebSocket(ws) => Some(ws.route.clone()),
             _ => None,
@@ -127,8 +128,8 @@ impl Server {
             if Some(member) == except {
                 continue;
             }
-            if send_to(clients, to_flush, member, frame) {
-                n += 1;
+            if let Some(client) = clients.get_mut(member) {
+                n += send_to(client, member, to_flush, frame) as usize;
             }
         }
         stats.messages_out += n as u64;
@@ -144,11 +145,10 @@ impl Server {
             stats,
             ..
         } = self;
-        let keys: Vec<usize> = clients.iter().map(|(k, _)| k).collect();
-        let n = keys
-            .into_iter()
-            .filter(|&k| send_to(clients, to_flush, k, frame))
-            .count();
+        let mut n = 0;
+        for (key, client) in clients.iter_mut() {
+            n += send_to(client, key, to_flush, frame) as usize;
+        }
         stats.messages_out += n as u64;
         stats.bytes_out += (n * frame.len()) as u64;
         n

@@ -114,7 +114,7 @@ pub enum Route {
     /// `/` and `/echo`: every message comes back.
     Echo,
     /// `/room/NAME`: every message goes to the other members.
-    Room(String),
+    Room(Rc<str>),
     /// The `--exec` route: messages go to the connection's program and back.
     Exec,
 }
@@ -181,6 +181,7 @@ pub struct Server {
 impl Server {
     /// Binds the listener. Port 0 picks a free port: see [`Server::local_addr`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        config.validate()?;
         let poll = Poll::new()?;
         let addr = SocketAddr::new(config.bind, config.port);
         let mut listener = TcpListener::bind(addr)?;
@@ -189,28 +190,6 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let config_sweep = config.shrink_after;
         let next_push = config.push_every.map(|every| Instant::now() + every);
-        if let Some(room) = &config.push_room {
-            if !room::valid_name(room) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("--push-room {room:?}: not a room name"),
-                ));
-            }
-        }
-        if let Some(room) = &config.root_room {
-            if !room::valid_name(room) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("--root-room {room:?}: not a room name"),
-                ));
-            }
-        }
-        if config.push_every.is_some_and(|d| d.is_zero()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "--push-every must be above zero",
-            ));
-        }
         let www = match &config.www {
             Some(dir) => WebRoot::dir(dir)?,
             None => WebRoot::embedded(),
@@ -306,7 +285,8 @@ impl Server {
             if self.next_push.is_some_and(|at| now >= at) {
                 self.push(now);
             }
-            if !self.endings.is_empty() {
+            // Exits are noticed on SIGCHLD; here only the SIGTERM/SIGKILL deadlines are kept.
+            if self.endings.iter().any(|e| now >= e.next_deadline()) {
                 self.tick_endings(now);
             }
             if let Some(deadline) = self.stopping {
@@ -673,14 +653,11 @@ fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Res
 
 /// Queues a shared frame on one client if it is an open WebSocket; true if queued.
 fn send_to(
-    clients: &mut Slab<Client>,
-    to_flush: &mut Vec<usize>,
+    client: &mut Client,
     key: usize,
+    to_flush: &mut Vec<usize>,
     frame: &SharedFrame,
 ) -> bool {
-    let Some(client) = clients.get_mut(key) else {
-        return false;
-    };
     let Phase::WebSocket(ws) = &mut client.phase else {
         return false;
     };

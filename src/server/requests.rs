@@ -261,14 +261,16 @@ impl Server {
             return Some(Route::Exec);
         }
         match path {
-            "/" if self.config.root_room.is_some() => {
-                self.config.root_room.clone().map(Route::Room)
-            }
+            "/" if self.config.root_room.is_some() => self
+                .config
+                .root_room
+                .as_deref()
+                .map(|name| Route::Room(name.into())),
             "/" | "/echo" => Some(Route::Echo),
             _ => path
                 .strip_prefix("/room/")
                 .filter(|name| room::valid_name(name))
-                .map(|name| Route::Room(name.to_string())),
+                .map(|name| Route::Room(name.into())),
         }
     }
 
