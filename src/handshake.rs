@@ -9,6 +9,7 @@ use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
 use crate::error::HandshakeError;
+use crate::http::Response;
 
 /// The GUID every server appends to the client's key (§1.3, §4.2.2).
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -192,21 +193,14 @@ pub fn write_accept(out: &mut Vec<u8>, accepted: &Accepted) {
 /// Appends the refusal for `err`: its status, a one-line reason as the body, and
 /// `Connection: close`. A version refusal names the version spoken (§4.2.2).
 pub fn write_refusal(out: &mut Vec<u8>, err: HandshakeError) {
-    let status = err.status();
-    let reason = err.to_string();
-    let extra = if err == HandshakeError::UnsupportedVersion {
-        "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
-    } else {
-        ""
-    };
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {status} {}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reason}\n",
-            crate::http::reason_phrase(status),
-            reason.len() + 1
-        )
-        .as_bytes(),
-    );
+    let mut response = Response::text(err.status(), &err.to_string());
+    if err == HandshakeError::UnsupportedVersion {
+        response
+            .headers
+            .push(("Sec-WebSocket-Version", "13".into()));
+        response.headers.push(("Upgrade", "websocket".into()));
+    }
+    response.write_to(out, false, false);
 }
 
 #[cfg(test)]
