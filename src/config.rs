@@ -4,7 +4,16 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// What to do with a receiver that fan-out would take past `--max-backlog`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SlowConsumer {
+    /// No more data messages; a close 1008 ("slow consumer") follows what it has.
+    Close,
+    /// Skip that message for that receiver and count the drop.
+    Drop,
+}
 
 /// The server's settings. `wsloop --help` lists them with their defaults.
 #[derive(Args, Clone, Debug)]
@@ -17,22 +26,48 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
 
-    /// Largest message (and so frame) accepted, in bytes; larger ones are closed with 1009.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// Largest message (and so frame) accepted; larger ones are closed with 1009.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_message_size: usize,
 
-    /// Largest HTTP request head, in bytes; larger ones get 431.
-    #[arg(long, default_value_t = 8 * 1024)]
+    /// Largest HTTP request head; larger ones get 431.
+    #[arg(long, default_value = "8KiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_head_size: usize,
 
     /// Most connections open at once; over it, new ones get 503 and are closed.
     #[arg(long, default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Unsent output (bytes) at which a connection stops being read until it drains to half,
-    /// so a peer that sends without reading cannot make the server buffer without end.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    /// Most unsent output a connection may have. Its own traffic (echo, HTTP answers) pauses
+    /// reading it until it drains to half; fan-out past it is decided by `--slow-consumer`.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_backlog: usize,
+
+    /// What happens to a receiver a fan-out message (room, publish, push, console) would take
+    /// past `--max-backlog`: `close` it with 1008 after what it has, or `drop` that message.
+    #[arg(long, value_enum, default_value_t = SlowConsumer::Close)]
+    pub slow_consumer: SlowConsumer,
+
+    /// A connection whose pending output makes no progress for this long is dropped.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+
+    /// After this long with nothing from the peer, a WebSocket is pinged (0 turns pings off).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A pinged peer that sends nothing for this long is dropped (no close handshake).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub pong_timeout: Duration,
+
+    /// Origins allowed besides the server's own (repeatable): `https://app.example`,
+    /// `https://*.example.com`, `null` (pages opened from files) or `*` (any).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
+    /// Most connections open at once from one address; over it, new ones get 429 (default off).
+    #[arg(long, value_name = "N")]
+    pub max_per_ip: Option<usize>,
 
     /// How long to wait for the peer's close frame (and then its FIN) once we closed.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
@@ -50,8 +85,8 @@ pub struct Config {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shrink_after: Duration,
 
-    /// Size of the one read buffer the event loop shares between all connections, in bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
+    /// Size of the one read buffer the event loop shares between all connections.
+    #[arg(long, default_value = "256KiB", value_parser = parse_size, value_name = "SIZE")]
     pub read_buffer_size: usize,
 
     /// Subprotocols the server speaks, in order of preference (comma-separated).
@@ -82,8 +117,7 @@ pub struct Config {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub push_every: Option<Duration>,
 
-    /// Server push: the text; `{n}` is the push count, `{time}` the UTC time of day.
-    #[arg(long, default_value = "push {n} at {time}")]
+    #[arg(long, default_value = "push {n} at {time}", help = push_text_help())]
     pub push_text: String,
 
     /// Server push: only to this room (default: every WebSocket client).
@@ -94,6 +128,10 @@ pub struct Config {
     /// client messages are printed to stdout as `[peer room] text`.
     #[arg(long)]
     pub console: bool,
+
+    /// Console: most output waiting for stdout; when it is full, lines are dropped and counted.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub console_buffer: usize,
 
     /// A program per connection: each WebSocket on the exec route runs its own PATH with the
     /// arguments after `--`; its stdout lines become messages, messages become stdin lines.
@@ -116,6 +154,19 @@ pub struct Config {
     /// and as long again before SIGKILL.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub exec_grace: Duration,
+}
+
+/// clap turns a literal `{n}` in help text into a line break; styling the `n` keeps it shown
+/// as typed (the style is dropped when stdout is not a terminal).
+fn push_text_help() -> clap::builder::StyledStr {
+    use std::fmt::Write;
+    let b = clap::builder::styling::Style::new().bold();
+    let mut s = clap::builder::StyledStr::new();
+    let _ = write!(
+        s,
+        "Server push: the text; `{{{b}n{b:#}}}` is the push count, `{{time}}` the UTC time of day"
+    );
+    s
 }
 
 impl Default for Config {
@@ -148,6 +199,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Reads sizes such as `512KiB`, `4MiB`, `1GiB`, `64k` or plain bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (try 65536, 512KiB, 4MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("unknown unit in {s:?} (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("size out of range: {s:?}"))
 }
 
 /// Reads durations such as `500ms`, `2s`, `1m` or `1h` (a bare number means seconds).
@@ -188,6 +259,18 @@ mod tests {
     }
 
     #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
     fn validation() {
         assert!(Config::default().validate().is_ok());
         let bad_room = Config {
@@ -209,5 +292,12 @@ mod tests {
         assert_eq!(c.max_message_size, 16 << 20);
         assert_eq!(c.max_head_size, 8192);
         assert!(c.protocols.is_empty());
+        assert_eq!(c.max_backlog, 4 << 20);
+        assert_eq!(c.slow_consumer, SlowConsumer::Close);
+        assert_eq!(c.send_timeout, Duration::from_secs(30));
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.pong_timeout, Duration::from_secs(10));
+        assert!(c.allowed_origins.is_empty());
+        assert_eq!(c.max_per_ip, None);
     }
 }

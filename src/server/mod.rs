@@ -34,6 +34,9 @@ mod messaging;
 mod programs;
 mod requests;
 mod signals;
+mod stats;
+
+use stats::Stats;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -128,15 +131,6 @@ impl Route {
             Route::Exec => "exec",
         }
     }
-}
-
-/// Counters for `GET /stats`.
-#[derive(Debug, Default)]
-struct Stats {
-    messages_in: u64,
-    bytes_in: u64,
-    messages_out: u64,
-    bytes_out: u64,
 }
 
 /// The running server.
