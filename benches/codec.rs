@@ -45,7 +45,7 @@ fn main() {
         let mut stream = masked_stream(&ascii[..100], 10, Opcode::Text);
         let mut c = Connection::new(Role::Server, 1 << 24);
         let mut n = 0;
-        c.receive(&mut stream, &mut |_, e| {
+        c.receive(&mut stream, Instant::now(), &mut |_, e| {
             n += matches!(e, Event::Message(..)) as usize
         });
         assert_eq!(n, 10);
@@ -67,7 +67,7 @@ fn main() {
             let r = gbps(template.len(), || {
                 work.copy_from_slice(&template);
                 let mut got = 0usize;
-                c.receive(&mut work, &mut |_, e| {
+                c.receive(&mut work, Instant::now(), &mut |_, e| {
                     if let Event::Message(_, d) = e {
                         got += d.len();
                     }

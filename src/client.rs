@@ -744,26 +744,27 @@ impl Session<'_> {
         let protocol_error = &mut self.protocol_error;
         let stdout_error = &mut self.stdout_error;
         let mut out = io::stdout().lock();
-        self.conn.receive(bytes, &mut |_, ev| match ev {
-            Event::Message(_, data) => {
-                if count.is_some_and(|n| *received >= n) || stdout_error.is_some() {
-                    return;
+        self.conn
+            .receive(bytes, Instant::now(), &mut |_, ev| match ev {
+                Event::Message(_, data) => {
+                    if count.is_some_and(|n| *received >= n) || stdout_error.is_some() {
+                        return;
+                    }
+                    *received += 1;
+                    let r = out
+                        .write_all(&data)
+                        .and_then(|_| out.write_all(b"\n"))
+                        .and_then(|_| out.flush());
+                    if let Err(e) = r {
+                        *stdout_error = Some(e);
+                    }
                 }
-                *received += 1;
-                let r = out
-                    .write_all(&data)
-                    .and_then(|_| out.write_all(b"\n"))
-                    .and_then(|_| out.flush());
-                if let Err(e) = r {
-                    *stdout_error = Some(e);
+                Event::Closed { code, reason } => {
+                    *peer_close = Some((code, reason.to_string()));
                 }
-            }
-            Event::Closed { code, reason } => {
-                *peer_close = Some((code, reason.to_string()));
-            }
-            Event::Failed(e) => *protocol_error = Some(e),
-            Event::Ping(_) | Event::Pong(_) => {}
-        });
+                Event::Failed(e) => *protocol_error = Some(e),
+                Event::Ping(_) | Event::Pong(_) => {}
+            });
         match self.stdout_error.take() {
             Some(e) => Err(failure(exit::FAILED, format!("writing stdout: {e}"))),
             None => Ok(()),
@@ -819,7 +820,7 @@ impl Session<'_> {
         if self.close_sent || !self.conn.is_open() {
             return;
         }
-        self.conn.close(1000, "");
+        self.conn.close(1000, "", Instant::now());
         self.close_sent = true;
         self.linger_until = Some(Instant::now() + CLOSE_WAIT);
     }

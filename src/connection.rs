@@ -6,6 +6,8 @@
 //! borrowed slice: no copy and no allocation. Only the bytes of an unfinished frame stay here.
 
 use std::mem;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::error::{close_code, ProtocolError};
 use crate::frame::{
@@ -13,6 +15,7 @@ use crate::frame::{
     Role, MAX_HEADER_LEN,
 };
 use crate::outbox::{Outbox, SharedFrame, KEEP_CAPACITY};
+use crate::timer::{Timer, TimerTable};
 use crate::utf8::Utf8Validator;
 
 /// The kind of a data message (§5.6).
@@ -97,8 +100,29 @@ struct Assembly {
     utf8: Utf8Validator,
 }
 
-/// How much a message buffer may reserve up front on a header's word alone.
-const RESERVE_LIMIT: usize = 64 * 1024;
+/// How long each of a connection's timers runs; shared by every connection of a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Ping after this long without a byte from the peer; `None`: no keepalive.
+    pub ping_interval: Option<Duration>,
+    /// After a ping, drop the peer if nothing at all arrives for this long.
+    pub pong_timeout: Duration,
+    /// Once we have closed, how long the peer has to answer with its close frame.
+    pub close: Duration,
+    /// How long pending output may make no progress.
+    pub send: Duration,
+}
+
+/// A timer that ends the connection at once: no close handshake is worth attempting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// Pinged, and nothing from the peer since (a vanished host, a dead NAT mapping).
+    PongTimeout,
+    /// The peer did not answer our close frame in time (§7.1.1 leaves the wait to us).
+    CloseTimeout,
+    /// The peer has not read any of our pending output for `Timeouts::send`.
+    SendTimeout,
+}
 
 /// One WebSocket connection's protocol state.
 #[derive(Debug)]
@@ -116,6 +140,9 @@ pub struct Connection {
     /// We closed of our own accord: messages the peer sent before it saw our close are still
     /// delivered (§7.1.2 lets an endpoint keep receiving until the peer's close arrives).
     receiving_after_close: bool,
+    /// Keepalive, close and send deadlines; unused until [`Connection::set_timeouts`].
+    timers: TimerTable,
+    timeouts: Option<Rc<Timeouts>>,
     /// Bytes to send to the peer.
     pub out: Outbox,
 }
@@ -134,7 +161,92 @@ impl Connection {
             control: Vec::new(),
             spare: Vec::new(),
             receiving_after_close: false,
+            timers: TimerTable::new(Instant::now()),
+            timeouts: None,
             out: Outbox::new(),
+        }
+    }
+
+    /// Starts the connection's timers: keepalive from `now`, and from then on the close and
+    /// send deadlines. Without this call a connection never times out (tests, the client).
+    pub fn set_timeouts(&mut self, timeouts: Rc<Timeouts>, now: Instant) {
+        self.timers = TimerTable::new(now);
+        self.timeouts = Some(timeouts);
+        self.heard(now);
+        self.sync_timers(now);
+    }
+
+    /// The earliest moment [`Connection::handle_timeout`] has something to do. Call again
+    /// after every call that takes `now`: each may move it.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// Acts on every timer due at `now`: a due ping is queued (flush `out` afterwards);
+    /// `Some` means the connection is to be dropped at once, without a close handshake.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Expired> {
+        let t = self.timeouts.clone()?;
+        while let Some(timer) = self.timers.expired(now) {
+            self.timers.stop(timer);
+            match timer {
+                Timer::Send => return Some(Expired::SendTimeout),
+                Timer::PongDeadline => return Some(Expired::PongTimeout),
+                Timer::Close => return Some(Expired::CloseTimeout),
+                Timer::Ping => {
+                    // §5.5.2: a ping asks for a pong; any frame from the peer will do as
+                    // proof of life (see `heard`).
+                    if self.ping(&[]) {
+                        self.timers.set(Timer::PongDeadline, now + t.pong_timeout);
+                    }
+                }
+                Timer::Handshake | Timer::Idle => {}
+            }
+        }
+        self.sync_timers(now);
+        None
+    }
+
+    /// The loop wrote some of `out` (`progressed`) or tried to: keeps the send deadline.
+    pub fn flushed(&mut self, now: Instant, progressed: bool) {
+        if let Some(t) = &self.timeouts {
+            let send = t.send;
+            self.timers
+                .output_flushed(now, progressed, !self.out.is_empty(), send);
+        }
+    }
+
+    /// The peer's FIN arrived while output is still queued: it may still read, but what is
+    /// queued has `Timeouts::close` to go out, and no ping is worth sending.
+    pub fn peer_gone(&mut self, now: Instant) {
+        if let Some(t) = &self.timeouts {
+            let close = t.close;
+            self.timers.stop(Timer::Ping);
+            self.timers.stop(Timer::PongDeadline);
+            if !self.timers.is_set(Timer::Close) {
+                self.timers.set(Timer::Close, now + close);
+            }
+        }
+    }
+
+    /// Bytes arrived from the peer: it is alive, so the next ping waits a whole interval.
+    fn heard(&mut self, now: Instant) {
+        if let Some(interval) = self.timeouts.as_ref().and_then(|t| t.ping_interval) {
+            if self.state == State::Open {
+                self.timers.set(Timer::Ping, now + interval);
+                self.timers.stop(Timer::PongDeadline);
+            }
+        }
+    }
+
+    /// Keeps the timers in step with the state: once closing, keepalive stops and the peer
+    /// has `Timeouts::close` to answer.
+    fn sync_timers(&mut self, now: Instant) {
+        let Some(t) = &self.timeouts else { return };
+        if self.state != State::Open && !self.timers.is_set(Timer::Close) {
+            let close = t.close;
+            self.timers.set(Timer::Close, now + close);
+            self.timers.stop(Timer::Ping);
+            self.timers.stop(Timer::PongDeadline);
         }
     }
 
@@ -152,10 +264,22 @@ impl Connection {
         self.state == State::Open
     }
 
-    /// Feeds bytes from the peer. `input` is unmasked in place, and `on` is called once per
-    /// event, in order, with the connection so that it can answer (echo, close, ...).
-    /// After a close or an error, later input is only searched for the peer's close frame.
-    pub fn receive<F>(&mut self, input: &mut [u8], on: &mut F)
+    /// Feeds bytes from the peer, arrived at `now`. `input` is unmasked in place, and `on` is
+    /// called once per event, in order, with the connection so that it can answer (echo,
+    /// close, ...). After a close or an error, later input is only searched for the peer's
+    /// close frame.
+    pub fn receive<F>(&mut self, input: &mut [u8], now: Instant, on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        if !input.is_empty() {
+            self.heard(now);
+        }
+        self.decode(input, on);
+        self.sync_timers(now);
+    }
+
+    fn decode<F>(&mut self, input: &mut [u8], on: &mut F)
     where
         F: FnMut(&mut Connection, Event<'_>),
     {
@@ -227,7 +351,7 @@ impl Connection {
                 }
                 self.whole_frame(header.opcode, payload, on);
             } else {
-                self.start_frame(&header, skip);
+                self.start_frame(&header, skip, input.len() - pos);
                 if len == 0 {
                     self.end_frame(on);
                 }
@@ -244,6 +368,9 @@ impl Connection {
     /// it is assembled in and how many bytes the frame still needs. The caller may read the
     /// socket straight into the buffer's spare capacity (saving a copy through its own read
     /// buffer), then must call [`Connection::payload_appended`] with the count.
+    ///
+    /// The buffer grows with what has arrived (at most doubling), never by what the header
+    /// announces: a 14-byte header must not make the server reserve `max_message` bytes.
     pub fn payload_room(&mut self, threshold: usize) -> Option<(&mut Vec<u8>, usize)> {
         let frame = self.frame.as_ref()?;
         let left = frame.len - frame.done;
@@ -252,13 +379,27 @@ impl Connection {
         }
         let m = self.message.as_mut()?;
         let left = left as usize;
-        m.data.reserve(left);
+        let spare = m.data.capacity() - m.data.len();
+        if spare < threshold {
+            m.data.reserve(left.min(m.data.len().max(threshold)));
+        }
         Some((&mut m.data, left))
     }
 
-    /// `n` bytes of the current frame's payload were appended to the buffer from
-    /// [`Connection::payload_room`]: unmask and check them as [`Connection::receive`] would.
-    pub fn payload_appended<F>(&mut self, n: usize, on: &mut F)
+    /// `n` bytes of the current frame's payload, arrived at `now`, were appended to the buffer
+    /// from [`Connection::payload_room`]: unmask and check them as [`Connection::receive`] would.
+    pub fn payload_appended<F>(&mut self, n: usize, now: Instant, on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        if n > 0 {
+            self.heard(now);
+        }
+        self.appended(n, on);
+        self.sync_timers(now);
+    }
+
+    fn appended<F>(&mut self, n: usize, on: &mut F)
     where
         F: FnMut(&mut Connection, Event<'_>),
     {
@@ -350,7 +491,8 @@ impl Connection {
         }
     }
 
-    fn start_frame(&mut self, h: &FrameHeader, skip: bool) {
+    /// `arrived`: payload bytes already at hand, the most the message buffer reserves now.
+    fn start_frame(&mut self, h: &FrameHeader, skip: bool, arrived: usize) {
         if !skip && !h.opcode.is_control() && self.message.is_none() {
             let kind = if h.opcode == Opcode::Text {
                 MessageKind::Text
@@ -361,7 +503,7 @@ impl Connection {
             if data.capacity() == 0 {
                 data = self.out.take_reclaimed();
             }
-            data.reserve((h.len as usize).min(RESERVE_LIMIT));
+            data.reserve((h.len as usize).min(arrived));
             self.message = Some(Assembly {
                 kind,
                 data,
@@ -574,15 +716,16 @@ impl Connection {
         true
     }
 
-    /// Starts the closing handshake (§7.1.2). The reason is cut to fit a control frame.
-    /// Data messages that arrive before the peer's close are still delivered; nothing more
-    /// can be sent.
-    pub fn close(&mut self, code: u16, reason: &str) {
+    /// Starts the closing handshake (§7.1.2) at `now`. The reason is cut to fit a control
+    /// frame. Data messages that arrive before the peer's close are still delivered; nothing
+    /// more can be sent.
+    pub fn close(&mut self, code: u16, reason: &str, now: Instant) {
         if self.state == State::Open {
             self.queue_close(code, reason);
             self.state = State::Closing { aligned: true };
             self.receiving_after_close = true;
         }
+        self.sync_timers(now);
     }
 
     fn queue_close(&mut self, code: u16, reason: &str) {
@@ -673,7 +816,7 @@ mod tests {
         let step = if step == 0 { bytes.len().max(1) } else { step };
         for piece in bytes.chunks(step) {
             let mut piece = piece.to_vec();
-            c.receive(&mut piece, &mut on);
+            c.receive(&mut piece, Instant::now(), &mut on);
         }
         let mut out = Vec::new();
         c.out.flush_to(&mut out).unwrap();
@@ -728,8 +871,8 @@ mod tests {
                 events.push(OwnedEvent::from(e));
             };
             let (a, b) = wire.split_at(split);
-            c.receive(&mut a.to_vec(), &mut on);
-            c.receive(&mut b.to_vec(), &mut on);
+            c.receive(&mut a.to_vec(), Instant::now(), &mut on);
+            c.receive(&mut b.to_vec(), Instant::now(), &mut on);
             let mut out = Vec::new();
             c.out.flush_to(&mut out).unwrap();
             assert_eq!(out, expect_out, "split at {split}");
@@ -750,7 +893,7 @@ mod tests {
         let mut got = Vec::new();
         let mut on = |_: &mut Connection, e: Event<'_>| got.push(OwnedEvent::from(e));
         // The header and a few payload bytes go through receive(), the rest is appended.
-        c.receive(&mut wire[..20].to_vec(), &mut on);
+        c.receive(&mut wire[..20].to_vec(), Instant::now(), &mut on);
         assert!(!c.at_frame_boundary());
         let mut at = 20;
         while at < wire.len() {
@@ -758,7 +901,7 @@ mod tests {
             let n = left.min(4099).min(wire.len() - at);
             buf.extend_from_slice(&wire[at..at + n]);
             at += n;
-            c.payload_appended(n, &mut on);
+            c.payload_appended(n, Instant::now(), &mut on);
         }
         assert!(c.at_frame_boundary());
         assert_eq!(got, vec![OwnedEvent::Message(MessageKind::Text, payload)]);
@@ -899,11 +1042,13 @@ mod tests {
         };
         c.receive(
             &mut masked(false, Opcode::Text, "κόσμε".as_bytes()),
+            Instant::now(),
             &mut on,
         );
         assert_eq!(c.state(), State::Open);
         c.receive(
             &mut masked(false, Opcode::Continuation, &[0xf4, 0x90, 0x80]),
+            Instant::now(),
             &mut on,
         );
         assert_eq!(failed, Some(ProtocolError::InvalidUtf8));
@@ -915,11 +1060,11 @@ mod tests {
         let wire = masked(true, Opcode::Text, &[b'a', b'b', 0xff, b'c', b'd', b'e']);
         let mut c = Connection::new(Role::Server, MAX);
         let mut failed = 0;
-        c.receive(&mut wire[..8].to_vec(), &mut |_, e| {
+        c.receive(&mut wire[..8].to_vec(), Instant::now(), &mut |_, e| {
             failed += matches!(e, Event::Failed(_)) as u32
         });
         assert_eq!(failed, 0);
-        c.receive(&mut wire[8..9].to_vec(), &mut |_, e| {
+        c.receive(&mut wire[8..9].to_vec(), Instant::now(), &mut |_, e| {
             failed += matches!(e, Event::Failed(_)) as u32
         });
         assert_eq!(failed, 1);
@@ -963,13 +1108,14 @@ mod tests {
     #[test]
     fn server_initiated_close_then_peer_answers() {
         let mut c = Connection::new(Role::Server, MAX);
-        c.close(1001, "going away");
+        c.close(1001, "going away", Instant::now());
         assert_eq!(c.state(), State::Closing { aligned: true });
         assert!(!c.send(MessageKind::Text, b"late"));
         // A message the peer sent before it saw our close still arrives; nothing is sent back.
         let mut got = Vec::new();
         c.receive(
             &mut masked(true, Opcode::Text, b"in flight"),
+            Instant::now(),
             &mut |c, e| {
                 if let Event::Message(k, d) = e {
                     assert!(!c.send_payload(k, d));
@@ -980,11 +1126,12 @@ mod tests {
         assert_eq!(got, vec![MessageKind::Text]);
         // A broken rule after our close is reported, with no second close frame.
         let mut probe = Connection::new(Role::Server, 4);
-        probe.close(1000, "");
+        probe.close(1000, "", Instant::now());
         let queued = probe.out.len();
         let mut failed = None;
         probe.receive(
             &mut masked(true, Opcode::Binary, b"too big"),
+            Instant::now(),
             &mut |_, e| {
                 if let Event::Failed(err) = e {
                     failed = Some(err);
@@ -996,6 +1143,7 @@ mod tests {
         let mut n = 0;
         c.receive(
             &mut masked(true, Opcode::Close, &1001u16.to_be_bytes()),
+            Instant::now(),
             &mut |_, _| n += 1,
         );
         assert_eq!(c.state(), State::Closed);
@@ -1013,7 +1161,9 @@ mod tests {
             vec![OwnedEvent::Message(MessageKind::Text, b"hi".to_vec())]
         );
         let mut got = Vec::new();
-        client.receive(&mut out.clone(), &mut |_, e| got.push(OwnedEvent::from(e)));
+        client.receive(&mut out.clone(), Instant::now(), &mut |_, e| {
+            got.push(OwnedEvent::from(e))
+        });
         assert_eq!(
             got,
             vec![OwnedEvent::Message(MessageKind::Text, b"hi".to_vec())]
@@ -1021,7 +1171,7 @@ mod tests {
         // A masked frame to a client is an error.
         let mut bad = masked(true, Opcode::Text, b"x");
         let mut failed = None;
-        client.receive(&mut bad, &mut |_, e| {
+        client.receive(&mut bad, Instant::now(), &mut |_, e| {
             if let Event::Failed(err) = e {
                 failed = Some(err)
             }

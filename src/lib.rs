@@ -17,6 +17,7 @@ pub mod http;
 pub mod outbox;
 pub mod room;
 pub mod server;
+pub mod timer;
 pub mod utf8;
 
 pub use config::Config;

@@ -9,6 +9,8 @@
 //!   nothing after its close frame.
 #![no_main]
 
+use std::time::Instant;
+
 use libfuzzer_sys::fuzz_target;
 use wsloop::connection::{Connection, Event, MessageKind, OwnedEvent, State};
 use wsloop::frame::{parse_header, Opcode, Parse, Role};
@@ -58,7 +60,7 @@ fn run_with(role: Role, pieces: &[&[u8]], feed: Feed) -> (Vec<OwnedEvent>, Vec<u
                     let n = left.min(rest.len());
                     buf.extend_from_slice(&rest[..n]);
                     rest = &rest[n..];
-                    c.payload_appended(n, &mut on);
+                    c.payload_appended(n, Instant::now(), &mut on);
                     continue;
                 }
             }
@@ -70,7 +72,7 @@ fn run_with(role: Role, pieces: &[&[u8]], feed: Feed) -> (Vec<OwnedEvent>, Vec<u
             };
             let mut bytes = rest[..n].to_vec();
             rest = &rest[n..];
-            c.receive(&mut bytes, &mut on);
+            c.receive(&mut bytes, Instant::now(), &mut on);
         }
     }
     let mut out = Vec::new();

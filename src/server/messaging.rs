@@ -22,8 +22,10 @@ impl Server {
             to_room,
             scratch,
             config,
+            now,
             ..
         } = self;
+        let now = *now;
         let client = &mut clients[key];
         let Phase::WebSocket(ws) = &mut client.phase else {
             return;
@@ -35,7 +37,6 @@ impl Server {
             program,
         } = &mut **ws;
         let peer = client.peer;
-        let before = conn.state();
         let console = config.console;
         let room_echo = config.room_echo;
         let mut on = |c: &mut Connection, e: Event<'_>| match e {
@@ -76,16 +77,11 @@ impl Server {
             other => log_event(peer, &other),
         };
         match input {
-            Input::Bytes(data) => conn.receive(data, &mut on),
-            Input::Appended(n) => conn.payload_appended(n, &mut on),
+            Input::Bytes(data) => conn.receive(data, now, &mut on),
+            Input::Appended(n) => conn.payload_appended(n, now, &mut on),
         }
         let after = conn.state();
         let pending = !conn.out.is_empty();
-        if after != before {
-            if let State::Closing { .. } = after {
-                self.set_deadline(key, self.config.close_timeout);
-            }
-        }
         if pending || after == State::Closed {
             self.queue_flush(key);
         }

@@ -20,7 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::{Connection, Event, MessageKind, State};
+use crate::connection::{Connection, Event, Expired, MessageKind, State, Timeouts};
 use crate::console::{self, Console, Target};
 use crate::error::{close_code, HandshakeError};
 use crate::exec::{self, Ending, Pipe, Program, RequestInfo};
@@ -29,6 +29,7 @@ use crate::handshake::{self, Head, HeadStatus};
 use crate::http::{self, Response, WebRoot};
 use crate::outbox::{Outbox, SharedFrame};
 use crate::room::{self, Rooms};
+use crate::timer::{Timer, TimerTable};
 
 mod messaging;
 mod programs;
@@ -59,7 +60,10 @@ struct Client {
     /// Distinguishes this client from a later one that reuses the slab key (for timers).
     serial: u64,
     phase: Phase,
-    deadline: Option<Instant>,
+    /// The deadline this client has in the loop's timer heap. Its timers may have moved later
+    /// since (activity pushes keepalive back); the entry then fires early and is re-armed, so
+    /// that a message never costs a heap operation.
+    armed: Option<Instant>,
     /// Already in the list of connections to flush this turn.
     queued: bool,
     /// Bytes arrived since the last idle sweep.
@@ -76,22 +80,33 @@ impl Client {
         match &self.phase {
             Phase::Http(state) => state.out.len(),
             Phase::WebSocket(ws) => ws.conn.out.len(),
-            Phase::Linger => 0,
+            Phase::Linger(_) => 0,
+        }
+    }
+
+    /// The earliest deadline of whatever phase the connection is in.
+    fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Http(state) => state.timers.next(),
+            Phase::WebSocket(ws) => ws.conn.poll_timeout(),
+            Phase::Linger(until) => Some(*until),
         }
     }
 }
 
 /// Where a connection stands: awaiting a request head (the handshake, or plain HTTP with
 /// keep-alive), open as a WebSocket (open → closing → closed inside `Connection`), or done
-/// and waiting for the peer's FIN after ours.
+/// and waiting (until the deadline) for the peer's FIN after ours.
 enum Phase {
     Http(Box<HttpState>),
     WebSocket(Box<WebSocket>),
-    Linger,
+    Linger(Instant),
 }
 
-#[derive(Default)]
 struct HttpState {
+    /// `Handshake` while a request head is awaited, `Idle` between keep-alive requests,
+    /// `Send` while answers are stuck, `Close` once the peer has sent its FIN.
+    timers: TimerTable,
     /// Bytes of an unfinished request (head, or head and body).
     partial: Vec<u8>,
     out: Outbox,
@@ -99,6 +114,36 @@ struct HttpState {
     closing: bool,
     /// `100 Continue` was sent for the request whose body is awaited (RFC 9110 §10.1.1).
     continued: bool,
+}
+
+impl HttpState {
+    /// A new connection: its first request head is due within `handshake`.
+    fn new(now: Instant, handshake: Duration) -> Self {
+        let mut timers = TimerTable::new(now);
+        timers.set(Timer::Handshake, now + handshake);
+        HttpState {
+            timers,
+            partial: Vec::new(),
+            out: Outbox::new(),
+            closing: false,
+            continued: false,
+        }
+    }
+
+    /// Bytes arrived: a keep-alive connection that was idle now has a request head under way,
+    /// which must be complete within `handshake` (slowloris).
+    fn heard(&mut self, now: Instant, handshake: Duration) {
+        if self.timers.is_set(Timer::Idle) {
+            self.timers.stop(Timer::Idle);
+            self.timers.set(Timer::Handshake, now + handshake);
+        }
+    }
+
+    /// An answer was queued: the next request may take `idle` to begin.
+    fn answered(&mut self, now: Instant, idle: Duration) {
+        self.timers.stop(Timer::Handshake);
+        self.timers.set(Timer::Idle, now + idle);
+    }
 }
 
 struct WebSocket {
@@ -142,6 +187,10 @@ pub struct Server {
     www: WebRoot,
     clients: Slab<Client>,
     serial: u64,
+    /// The time of this loop turn: read once after `poll` returns and handed to every
+    /// protocol call of the turn.
+    now: Instant,
+    timeouts: Rc<Timeouts>,
     /// The one read buffer.
     rbuf: Vec<u8>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
@@ -183,6 +232,12 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
         let config_sweep = config.shrink_after;
+        let timeouts = Rc::new(Timeouts {
+            ping_interval: Some(config.ping_interval).filter(|d| !d.is_zero()),
+            pong_timeout: config.pong_timeout,
+            close: config.close_timeout,
+            send: config.send_timeout,
+        });
         let next_push = config.push_every.map(|every| Instant::now() + every);
         let www = match &config.www {
             Some(dir) => WebRoot::dir(dir)?,
@@ -197,6 +252,8 @@ impl Server {
             www,
             clients: Slab::new(),
             serial: 0,
+            now: Instant::now(),
+            timeouts,
             timers: BinaryHeap::new(),
             to_flush: Vec::new(),
             to_read: Vec::new(),
@@ -241,6 +298,7 @@ impl Server {
                     return Err(e);
                 }
             }
+            self.now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -271,7 +329,7 @@ impl Server {
             keys.clear();
             self.working = keys;
             self.flush_all();
-            let now = Instant::now();
+            let now = self.now;
             self.expire_timers(now);
             if now >= self.next_sweep {
                 self.sweep();
@@ -288,7 +346,7 @@ impl Server {
                 let closing = self
                     .clients
                     .iter()
-                    .any(|(_, c)| !matches!(c.phase, Phase::Linger));
+                    .any(|(_, c)| !matches!(c.phase, Phase::Linger(_)));
                 if !closing || now >= deadline {
                     self.stop_programs();
                     info!("stopped");
@@ -355,14 +413,17 @@ impl Server {
                 socket,
                 peer,
                 serial: self.serial,
-                phase: Phase::Http(Box::default()),
-                deadline: None,
+                phase: Phase::Http(Box::new(HttpState::new(
+                    self.now,
+                    self.config.handshake_timeout,
+                ))),
+                armed: None,
                 queued: false,
                 active: true,
                 paused: false,
                 peer_closed: false,
             });
-            self.set_deadline(key, self.config.handshake_timeout);
+            self.arm(key);
             debug!("{peer}: connected");
         }
     }
@@ -390,8 +451,10 @@ impl Server {
                     // The rest of a large frame: read it where it is assembled, saving a copy.
                     Some((room, left)) => {
                         direct = true;
-                        want = left;
-                        read_into_spare(&client.socket, room, left)
+                        // The buffer grows as the payload arrives: ask for what fits, so that
+                        // a short read still means the socket is drained.
+                        want = left.min(room.capacity() - room.len());
+                        read_into_spare(&client.socket, room, want)
                     }
                     None => {
                         if ws.large && ws.conn.at_frame_boundary() {
@@ -439,6 +502,7 @@ impl Server {
             }
         }
         self.rbuf = buf;
+        self.arm(key);
     }
 
     fn on_eof(&mut self, key: usize) {
@@ -451,11 +515,18 @@ impl Server {
                 client.backlog()
             );
             client.peer_closed = true;
-            if let Phase::Http(state) = &mut client.phase {
-                state.closing = true;
-                state.partial = Vec::new();
+            let now = self.now;
+            match &mut client.phase {
+                Phase::Http(state) => {
+                    state.closing = true;
+                    state.partial = Vec::new();
+                    state
+                        .timers
+                        .set(Timer::Close, now + self.config.close_timeout);
+                }
+                Phase::WebSocket(ws) => ws.conn.peer_gone(now),
+                Phase::Linger(_) => {}
             }
-            self.set_deadline(key, self.config.close_timeout);
             self.queue_flush(key);
             return;
         }
@@ -474,7 +545,7 @@ impl Server {
         match &client.phase {
             Phase::Http(_) => self.http_input(key, data),
             Phase::WebSocket(_) => self.ws_input(key, data),
-            Phase::Linger => {}
+            Phase::Linger(_) => {}
         }
     }
 
@@ -495,23 +566,36 @@ impl Server {
                 continue;
             };
             client.queued = false;
-            let (out, done) = match &mut client.phase {
-                Phase::Http(state) => (&mut state.out, state.closing),
-                Phase::WebSocket(ws) => {
-                    let closed = ws.conn.state() == State::Closed;
-                    (&mut ws.conn.out, closed)
+            let now = self.now;
+            let result = match &mut client.phase {
+                Phase::Http(state) => {
+                    let before = state.out.len();
+                    let r = state.out.flush_to(&mut client.socket);
+                    let (progressed, pending) = (state.out.len() < before, !state.out.is_empty());
+                    let send = self.config.send_timeout;
+                    state.timers.output_flushed(now, progressed, pending, send);
+                    r.map(|all| (all, state.closing))
                 }
-                Phase::Linger => continue,
+                Phase::WebSocket(ws) => {
+                    let before = ws.conn.out.len();
+                    let r = ws.conn.out.flush_to(&mut client.socket);
+                    let progressed = ws.conn.out.len() < before;
+                    ws.conn.flushed(now, progressed);
+                    r.map(|all| (all, ws.conn.state() == State::Closed))
+                }
+                Phase::Linger(_) => continue,
             };
-            match out.flush_to(&mut client.socket) {
-                Ok(true) if client.peer_closed => self.end(key),
-                Ok(true) if done => self.linger(key),
+            // `(everything written, nothing more to say)`
+            match result {
+                Ok((true, _)) if client.peer_closed => self.end(key),
+                Ok((true, true)) => self.linger(key),
                 Ok(_) => self.maybe_resume(key),
                 Err(e) => {
                     debug!("{}: write error: {e}", client.peer);
                     self.end(key);
                 }
             }
+            self.arm(key);
         }
         keys.clear();
         self.working = keys;
@@ -544,17 +628,24 @@ impl Server {
             return self.end(key);
         }
         let peer = client.peer;
-        if let Phase::WebSocket(ws) = mem::replace(&mut client.phase, Phase::Linger) {
+        let until = Phase::Linger(self.now + self.config.close_timeout);
+        if let Phase::WebSocket(ws) = mem::replace(&mut client.phase, until) {
             self.retire(key, peer, ws);
         }
-        self.set_deadline(key, self.config.close_timeout);
     }
 
-    fn set_deadline(&mut self, key: usize, after: std::time::Duration) {
-        let at = Instant::now() + after;
-        let client = &mut self.clients[key];
-        client.deadline = Some(at);
-        self.timers.push(Reverse((at, key, client.serial)));
+    /// Makes sure the timer heap holds an entry no later than the client's earliest deadline.
+    /// Deadlines that moved later need nothing: the old entry fires early and re-arms.
+    fn arm(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        if let Some(at) = client.poll_timeout() {
+            if client.armed.is_none_or(|armed| at < armed) {
+                client.armed = Some(at);
+                self.timers.push(Reverse((at, key, client.serial)));
+            }
+        }
     }
 
     fn expire_timers(&mut self, now: Instant) {
@@ -563,26 +654,77 @@ impl Server {
                 break;
             }
             self.timers.pop();
-            let Some(client) = self.clients.get(key) else {
+            let Some(client) = self.clients.get_mut(key) else {
                 continue;
             };
-            if client.serial != serial || client.deadline != Some(at) {
+            if client.serial != serial || client.armed != Some(at) {
                 continue;
             }
-            match &client.phase {
-                Phase::Http(state) if !state.partial.is_empty() => {
-                    info!(
-                        "{}: request head not complete in time, closing",
-                        client.peer
-                    )
-                }
-                Phase::WebSocket(_) => {
-                    info!("{}: no close frame from the peer in time", client.peer)
-                }
-                _ => debug!("{}: idle, closing", client.peer),
-            }
-            self.end(key);
+            client.armed = None;
+            self.on_timeout(key, now);
+            self.arm(key);
         }
+    }
+
+    /// A client's deadline passed: its protocol says what that means.
+    fn on_timeout(&mut self, key: usize, now: Instant) {
+        let client = &mut self.clients[key];
+        let peer = client.peer;
+        match &mut client.phase {
+            Phase::Http(state) => {
+                let Some(timer) = state.timers.expired(now) else {
+                    return;
+                };
+                match timer {
+                    Timer::Handshake => {
+                        info!("{peer}: request head not complete in time, closing")
+                    }
+                    Timer::Send => {
+                        self.stats.send_timeouts += 1;
+                        info!(
+                            "{peer}: {} bytes unsent and none taken for {:?}, dropping",
+                            state.out.len(),
+                            self.config.send_timeout
+                        )
+                    }
+                    _ => debug!("{peer}: idle, closing"),
+                }
+            }
+            Phase::WebSocket(ws) => match ws.conn.handle_timeout(now) {
+                None => {
+                    // A ping went out.
+                    if !ws.conn.out.is_empty() {
+                        self.queue_flush(key);
+                    }
+                    return;
+                }
+                Some(Expired::PongTimeout) => {
+                    self.stats.ping_timeouts += 1;
+                    info!(
+                        "{peer}: nothing heard for {:?} after a ping, dropping",
+                        self.timeouts.pong_timeout
+                    );
+                }
+                Some(Expired::CloseTimeout) => {
+                    info!("{peer}: no close frame from the peer in time")
+                }
+                Some(Expired::SendTimeout) => {
+                    self.stats.send_timeouts += 1;
+                    info!(
+                        "{peer}: {} bytes unsent and none taken for {:?}, dropping",
+                        ws.conn.out.len(),
+                        self.timeouts.send
+                    );
+                }
+            },
+            Phase::Linger(until) => {
+                if now < *until {
+                    return;
+                }
+                debug!("{peer}: no FIN after ours in time, closing");
+            }
+        }
+        self.end(key);
     }
 
     /// Connections that received nothing since the last sweep give back their spare buffers,
@@ -593,11 +735,11 @@ impl Server {
                 match &mut client.phase {
                     Phase::WebSocket(ws) => ws.conn.shrink(),
                     Phase::Http(state) => state.out.shrink(),
-                    Phase::Linger => {}
+                    Phase::Linger(_) => {}
                 }
             }
         }
-        self.next_sweep = Instant::now() + self.config.shrink_after;
+        self.next_sweep = self.now + self.config.shrink_after;
     }
 
     /// The one place that ends a connection.
@@ -618,7 +760,7 @@ impl Server {
         if let Some(p) = program {
             debug!("{peer}: exec pid {}: stdin closed", p.pid());
             self.endings
-                .push(p.detach(Instant::now(), self.config.exec_grace));
+                .push(p.detach(self.now, self.config.exec_grace));
         }
         if let Route::Room(name) = route {
             let left = self.rooms.leave(&name, key);

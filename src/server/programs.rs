@@ -128,9 +128,8 @@ impl Server {
         };
         info!("{peer}: exec pid {} {status}", p.pid());
         ws.program = None;
-        ws.conn.close(code, &reason);
+        ws.conn.close(code, &reason, self.now);
         self.children -= 1;
-        self.set_deadline(key, self.config.close_timeout);
         self.queue_flush(key);
     }
 

@@ -13,6 +13,9 @@ impl Server {
         if state.closing {
             return;
         }
+        if !data.is_empty() {
+            state.heard(self.now, self.config.handshake_timeout);
+        }
         // The bytes to parse: straight from the read buffer, or after those kept from before
         // (taken out, and put back below without a copy when nothing of them was used).
         let mut kept = mem::take(&mut state.partial);
@@ -237,7 +240,7 @@ impl Server {
             state.closing = true;
             state.partial = Vec::new();
         }
-        self.set_deadline(key, self.config.http_idle_timeout);
+        state.answered(self.now, self.config.http_idle_timeout);
         self.queue_flush(key);
     }
 
@@ -304,6 +307,7 @@ impl Server {
             None
         };
         let mut conn = Connection::new(Role::Server, self.config.max_message_size);
+        conn.set_timeouts(self.timeouts.clone(), self.now);
         let client = &mut self.clients[key];
         // Answers to requests pipelined before this one go out first.
         if let Phase::Http(state) = &mut client.phase {
@@ -331,7 +335,6 @@ impl Server {
             large: false,
             program,
         }));
-        client.deadline = None;
         self.queue_flush(key);
         if let Route::Room(name) = &route {
             let n = self.rooms.join(name, key);

@@ -54,7 +54,7 @@ impl Server {
             match &mut self.clients[key].phase {
                 Phase::WebSocket(ws) => {
                     ws.conn
-                        .close(close_code::GOING_AWAY, "server shutting down");
+                        .close(close_code::GOING_AWAY, "server shutting down", self.now);
                     self.queue_flush(key);
                 }
                 _ => self.end(key),
