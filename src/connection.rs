@@ -1178,4 +1178,146 @@ mod tests {
         });
         assert_eq!(failed, Some(ProtocolError::MaskedFrame));
     }
+
+    fn timed(ping: Option<u64>, t0: Instant) -> Connection {
+        let mut c = Connection::new(Role::Server, MAX);
+        let timeouts = Timeouts {
+            ping_interval: ping.map(Duration::from_secs),
+            pong_timeout: Duration::from_secs(10),
+            close: Duration::from_secs(3),
+            send: Duration::from_secs(30),
+        };
+        c.set_timeouts(Rc::new(timeouts), t0);
+        c
+    }
+
+    fn secs(t0: Instant, s: u64) -> Instant {
+        t0 + Duration::from_secs(s)
+    }
+
+    fn drain(c: &mut Connection) -> Vec<u8> {
+        let mut out = Vec::new();
+        c.out.flush_to(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn keepalive_pings_a_silent_peer_then_drops_it() {
+        let t0 = Instant::now();
+        let mut c = timed(Some(30), t0);
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 30)));
+        assert_eq!(c.handle_timeout(secs(t0, 29)), None);
+        assert!(c.out.is_empty());
+        // Due: a ping goes out and the pong deadline starts.
+        assert_eq!(c.handle_timeout(secs(t0, 30)), None);
+        assert_eq!(drain(&mut c), vec![0x89, 0x00]);
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 40)));
+        assert_eq!(c.handle_timeout(secs(t0, 40)), Some(Expired::PongTimeout));
+    }
+
+    #[test]
+    fn any_frame_from_the_peer_counts_as_life() {
+        let t0 = Instant::now();
+        let mut c = timed(Some(30), t0);
+        c.handle_timeout(secs(t0, 30));
+        drain(&mut c);
+        // Not a pong: a data message also proves the peer is there.
+        c.receive(
+            &mut masked(true, Opcode::Text, b"hi"),
+            secs(t0, 35),
+            &mut |_, _| {},
+        );
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 65)));
+        assert_eq!(c.handle_timeout(secs(t0, 40)), None);
+        assert!(
+            c.out.is_empty(),
+            "no ping before a whole interval of silence"
+        );
+        // Activity moves the deadline later, never earlier.
+        c.receive(
+            &mut masked(true, Opcode::Pong, b""),
+            secs(t0, 60),
+            &mut |_, _| {},
+        );
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 90)));
+    }
+
+    #[test]
+    fn no_keepalive_when_the_interval_is_off() {
+        let t0 = Instant::now();
+        let mut c = timed(None, t0);
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.handle_timeout(secs(t0, 100_000)), None);
+        assert!(c.out.is_empty());
+    }
+
+    #[test]
+    fn closing_gives_the_peer_the_close_timeout_and_stops_pings() {
+        let t0 = Instant::now();
+        let mut c = timed(Some(30), t0);
+        c.close(1000, "bye", secs(t0, 5));
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 8)));
+        assert_eq!(c.handle_timeout(secs(t0, 8)), Some(Expired::CloseTimeout));
+        // A protocol error starts the same wait.
+        let mut c = timed(Some(30), t0);
+        c.receive(
+            &mut unmasked(Opcode::Text, b"x"),
+            secs(t0, 1),
+            &mut |_, _| {},
+        );
+        assert!(matches!(c.state(), State::Closing { .. }));
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 4)));
+    }
+
+    #[test]
+    fn send_timeout_counts_from_the_last_progress() {
+        let t0 = Instant::now();
+        let mut c = timed(None, t0);
+        c.send(MessageKind::Binary, &[0; 100]);
+        c.flushed(t0, false);
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 30)));
+        c.flushed(secs(t0, 20), true);
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 50)));
+        assert_eq!(c.handle_timeout(secs(t0, 49)), None);
+        assert_eq!(c.handle_timeout(secs(t0, 50)), Some(Expired::SendTimeout));
+        // Once everything is written, nothing is due.
+        let mut c = timed(None, t0);
+        c.send(MessageKind::Binary, &[0; 100]);
+        c.flushed(t0, false);
+        drain(&mut c);
+        c.flushed(secs(t0, 1), true);
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_large_header_alone_reserves_nothing_near_its_length() {
+        let mut c = Connection::new(Role::Server, 64 << 20);
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(
+            &mut head,
+            true,
+            Opcode::Binary,
+            Some([1, 2, 3, 4]),
+            60 << 20,
+        );
+        c.receive(&mut head[..n], Instant::now(), &mut |_, _| {});
+        let (buf, left) = c.payload_room(16 * 1024).expect("a data frame in progress");
+        assert_eq!(left, 60 << 20);
+        assert!(buf.capacity() <= 64 * 1024, "reserved {}", buf.capacity());
+        // It grows as bytes arrive: at most doubling what is there.
+        let mut arrived = 0usize;
+        while arrived < 1 << 20 {
+            let (buf, _) = c.payload_room(16 * 1024).unwrap();
+            let n = buf.capacity() - buf.len();
+            buf.resize(buf.len() + n, 0x55);
+            arrived += n;
+            c.payload_appended(n, Instant::now(), &mut |_, _| {});
+        }
+        let (buf, _) = c.payload_room(16 * 1024).unwrap();
+        assert!(
+            buf.capacity() <= 2 * arrived + 64 * 1024,
+            "{} for {arrived}",
+            buf.capacity()
+        );
+    }
 }
