@@ -121,15 +121,17 @@ impl Server {
             clients,
             to_flush,
             stats,
+            config,
             ..
         } = self;
+        let fan = FanOut::of(config);
         let mut n = 0;
         for &member in rooms.members(room) {
             if Some(member) == except {
                 continue;
             }
             if let Some(client) = clients.get_mut(member) {
-                n += send_to(client, member, to_flush, frame) as usize;
+                n += send_to(client, member, to_flush, frame, fan, stats) as usize;
             }
         }
         stats.messages_out += n as u64;
@@ -143,11 +145,13 @@ impl Server {
             clients,
             to_flush,
             stats,
+            config,
             ..
         } = self;
+        let fan = FanOut::of(config);
         let mut n = 0;
         for (key, client) in clients.iter_mut() {
-            n += send_to(client, key, to_flush, frame) as usize;
+            n += send_to(client, key, to_flush, frame, fan, stats) as usize;
         }
         stats.messages_out += n as u64;
         stats.bytes_out += (n * frame.len()) as u64;

@@ -19,7 +19,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, SlowConsumer};
 use crate::connection::{Connection, Event, MessageKind, State};
 use crate::console::{self, Console, Target};
 use crate::error::{close_code, HandshakeError};
@@ -68,6 +68,8 @@ struct Client {
     paused: bool,
     /// The peer sent its FIN; the connection ends once what is queued for it is written.
     peer_closed: bool,
+    /// Fan-out messages skipped because this client was not reading (`--slow-consumer drop`).
+    slow_dropped: u64,
 }
 
 impl Client {
@@ -325,6 +327,7 @@ impl Server {
                 Err(e) => {
                     // Out of descriptors and the like: leave the rest in the backlog for now.
                     warn!("accept failed: {e}");
+                    self.stats.accept_errors += 1;
                     return;
                 }
             };
@@ -336,6 +339,7 @@ impl Server {
                 );
                 let mut out = Vec::new();
                 handshake::write_refusal(&mut out, HandshakeError::Unavailable);
+                self.stats.refused.add(HandshakeError::Unavailable.status());
                 let _ = socket.write(&out);
                 continue;
             }
@@ -361,6 +365,7 @@ impl Server {
                 active: true,
                 paused: false,
                 peer_closed: false,
+                slow_dropped: 0,
             });
             self.set_deadline(key, self.config.handshake_timeout);
             debug!("{peer}: connected");
@@ -606,6 +611,12 @@ impl Server {
             return;
         };
         let _ = self.poll.registry().deregister(&mut client.socket);
+        if client.slow_dropped > 0 {
+            info!(
+                "{}: ended; {} messages were dropped for it as a slow consumer",
+                client.peer, client.slow_dropped
+            );
+        }
         if let Phase::WebSocket(ws) = client.phase {
             self.retire(key, client.peer, ws);
         }
@@ -614,7 +625,15 @@ impl Server {
     /// A WebSocket is over (ended, or only waiting for the peer's FIN): it leaves its room,
     /// and its program, if still running, is told to end and is reaped later.
     fn retire(&mut self, key: usize, peer: SocketAddr, ws: Box<WebSocket>) {
-        let WebSocket { route, program, .. } = *ws;
+        let WebSocket {
+            conn,
+            route,
+            program,
+            ..
+        } = *ws;
+        if let Some(code) = conn.close_sent() {
+            self.stats.closes.add(code);
+        }
         if let Some(p) = program {
             debug!("{peer}: exec pid {}: stdin closed", p.pid());
             self.endings
@@ -645,16 +664,42 @@ fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Res
     Ok(n as usize)
 }
 
-/// Queues a shared frame on one client if it is an open WebSocket; true if queued.
+/// The rule fan-out applies to each receiver: a receiver's unsent output never passes
+/// `max_backlog` because of others' messages; `policy` says what happens instead.
+#[derive(Clone, Copy)]
+struct FanOut {
+    max_backlog: usize,
+    policy: SlowConsumer,
+}
+
+impl FanOut {
+    fn of(config: &Config) -> FanOut {
+        FanOut {
+            max_backlog: config.max_backlog,
+            policy: config.slow_consumer,
+        }
+    }
+}
+
+/// Queues a shared frame on one client if it is an open WebSocket; true if queued. A frame
+/// that would take it past the backlog limit goes to [`slow_consumer`] instead (an empty
+/// outbox still takes one frame, however large, so every message can be delivered).
 fn send_to(
     client: &mut Client,
     key: usize,
     to_flush: &mut Vec<usize>,
     frame: &SharedFrame,
+    fan: FanOut,
+    stats: &mut Stats,
 ) -> bool {
     let Phase::WebSocket(ws) = &mut client.phase else {
         return false;
     };
+    let backlog = ws.conn.out.len();
+    if backlog + frame.len() > fan.max_backlog && backlog > 0 {
+        slow_consumer(client, key, to_flush, fan.policy, stats);
+        return false;
+    }
     if !ws.conn.send_shared(frame) {
         return false;
     }
@@ -663,6 +708,51 @@ fn send_to(
         to_flush.push(key);
     }
     true
+}
+
+/// A receiver is not reading what fan-out sends it: close it (1008, RFC 6455 §7.4.1: a
+/// policy violation) after what it has, or skip this message for it. The sender and the
+/// other receivers are not affected either way.
+#[cold]
+fn slow_consumer(
+    client: &mut Client,
+    key: usize,
+    to_flush: &mut Vec<usize>,
+    policy: SlowConsumer,
+    stats: &mut Stats,
+) {
+    let Phase::WebSocket(ws) = &mut client.phase else {
+        return;
+    };
+    if !ws.conn.is_open() {
+        return;
+    }
+    match policy {
+        SlowConsumer::Close => {
+            info!(
+                "{}: slow consumer, {} bytes unsent: closing with 1008",
+                client.peer,
+                ws.conn.out.len()
+            );
+            ws.conn.close(close_code::POLICY, "slow consumer");
+            stats.slow_closed += 1;
+            if !client.queued {
+                client.queued = true;
+                to_flush.push(key);
+            }
+        }
+        SlowConsumer::Drop => {
+            if client.slow_dropped == 0 {
+                info!(
+                    "{}: slow consumer, {} bytes unsent: dropping messages for it",
+                    client.peer,
+                    ws.conn.out.len()
+                );
+            }
+            client.slow_dropped += 1;
+            stats.slow_dropped += 1;
+        }
+    }
 }
 
 /// Encodes a server frame once, for many receivers.
