@@ -41,6 +41,7 @@ use stats::Stats;
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const CONSOLE: Token = Token(usize::MAX - 2);
+const CONSOLE_OUT: Token = Token(usize::MAX - 3);
 
 /// A client's socket token is its slab key shifted left, leaving room for the pipes of a
 /// program attached to the same connection.
@@ -81,6 +82,20 @@ impl Client {
             Phase::Linger => 0,
         }
     }
+
+    /// Bytes its program (`--exec`) has not taken on stdin yet.
+    fn program_backlog(&self) -> usize {
+        match &self.phase {
+            Phase::WebSocket(ws) => ws.program.as_ref().map_or(0, |p| p.stdin_backlog()),
+            _ => 0,
+        }
+    }
+
+    /// Output waits beyond `limit`, for the peer or for its program: reading the peer would
+    /// only queue more.
+    fn over(&self, limit: usize) -> bool {
+        self.backlog() > limit || self.program_backlog() > limit
+    }
 }
 
 /// Where a connection stands: awaiting a request head (the handshake, or plain HTTP with
@@ -111,6 +126,8 @@ struct WebSocket {
     large: bool,
     /// The connection's own program (the exec route).
     program: Option<Box<Program>>,
+    /// The program's stdout is left unread until the client drains its backlog to half.
+    stdout_held: bool,
 }
 
 /// What a WebSocket connection is for, chosen by the path of its upgrade request.
@@ -168,6 +185,10 @@ pub struct Server {
     next_push: Option<Instant>,
     pushes: u64,
     console: Option<Console>,
+    /// `--console`: what clients said, waiting for stdout.
+    console_out: Option<console::Output>,
+    /// `--console`: stdin's and stdout's flags as they were, put back when the server stops.
+    stdio_flags: Option<console::StdioFlags>,
     /// Programs whose connection is gone, being ended and reaped.
     endings: Vec<Ending>,
     /// Programs running: attached ones and those still ending.
@@ -214,6 +235,8 @@ impl Server {
             next_push,
             pushes: 0,
             console: None,
+            console_out: None,
+            stdio_flags: None,
             endings: Vec::new(),
             children: 0,
         })
@@ -240,6 +263,7 @@ impl Server {
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
+                    self.stop_console();
                     return Err(e);
                 }
             }
@@ -248,6 +272,7 @@ impl Server {
                     LISTENER => self.accept(),
                     SIGNALS => self.on_signal(),
                     CONSOLE => self.on_console(),
+                    CONSOLE_OUT => self.flush_console(),
                     Token(t) => {
                         let key = t >> TOKEN_SHIFT;
                         match t & ((1 << TOKEN_SHIFT) - 1) {
@@ -293,6 +318,7 @@ impl Server {
                     .any(|(_, c)| !matches!(c.phase, Phase::Linger));
                 if !closing || now >= deadline {
                     self.stop_programs();
+                    self.stop_console();
                     info!("stopped");
                     return Ok(());
                 }
@@ -428,11 +454,12 @@ impl Server {
                 self.on_bytes(key, &mut buf[..n]);
             }
             if let Some(client) = self.clients.get_mut(key) {
-                if client.backlog() > self.config.max_backlog {
+                if client.over(self.config.max_backlog) {
                     debug!(
-                        "{}: {} bytes unsent, reading paused",
+                        "{}: {} bytes unsent, {} for its program, reading paused",
                         client.peer,
-                        client.backlog()
+                        client.backlog(),
+                        client.program_backlog()
                     );
                     client.paused = true;
                     break;
@@ -525,10 +552,11 @@ impl Server {
     /// A paused connection whose backlog has drained to half is read again: first the
     /// requests it had already sent, then the socket.
     fn maybe_resume(&mut self, key: usize) {
+        self.maybe_resume_program(key);
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if !client.paused || client.backlog() > self.config.max_backlog / 2 {
+        if !client.paused || client.over(self.config.max_backlog / 2) {
             return;
         }
         client.paused = false;

@@ -377,6 +377,7 @@ impl Server {
             route: route.clone(),
             large: false,
             program,
+            stdout_held: false,
         }));
         client.deadline = None;
         self.queue_flush(key);
