@@ -127,6 +127,8 @@ pub struct Output {
     /// Bytes of `buf` already written.
     sent: usize,
     limit: usize,
+    /// The last write would have blocked: wait for stdout's writable event before trying again.
+    pub blocked: bool,
 }
 
 impl Output {
@@ -135,6 +137,7 @@ impl Output {
             buf: Vec::new(),
             sent: 0,
             limit,
+            blocked: false,
         }
     }
 
@@ -186,7 +189,10 @@ impl Output {
             match w.write(&self.buf[self.sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -264,6 +270,7 @@ mod tests {
         };
         out.flush_to(&mut w).unwrap();
         assert_eq!(out.len(), queued - 10);
+        assert!(out.blocked);
         w.room = usize::MAX;
         out.flush_to(&mut w).unwrap();
         assert!(out.is_empty());

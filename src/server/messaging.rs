@@ -80,7 +80,11 @@ impl Server {
         }
         let after = conn.state();
         let pending = !conn.out.is_empty();
-        if self.console_out.as_ref().is_some_and(|o| !o.is_empty()) {
+        if self
+            .console_out
+            .as_ref()
+            .is_some_and(|o| !o.is_empty() && !o.blocked)
+        {
             self.flush_console();
         }
         if after != before {

@@ -272,7 +272,12 @@ impl Server {
                     LISTENER => self.accept(),
                     SIGNALS => self.on_signal(),
                     CONSOLE => self.on_console(),
-                    CONSOLE_OUT => self.flush_console(),
+                    CONSOLE_OUT => {
+                        if let Some(out) = self.console_out.as_mut() {
+                            out.blocked = false;
+                        }
+                        self.flush_console();
+                    }
                     Token(t) => {
                         let key = t >> TOKEN_SHIFT;
                         match t & ((1 << TOKEN_SHIFT) - 1) {
