@@ -166,6 +166,10 @@ fn flood_room(policy: &str) -> Flood {
 
 fn assert_bounded(f: &Flood) {
     let grown = f.peak_kib.saturating_sub(f.baseline_kib);
+    eprintln!(
+        "flood: {} messages, server grew at most {grown} KiB",
+        f.sent
+    );
     assert!(
         grown < 8 * 1024,
         "server grew {} KiB with a 1 MiB backlog cap ({} messages of 64 KiB sent)",
