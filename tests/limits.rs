@@ -7,6 +7,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -117,6 +119,11 @@ fn flood_room(policy: &str) -> Flood {
     let mut reader = server.ws_raw("/room/flood");
     let mut sender = server.ws_raw("/room/flood");
     let baseline_kib = rss_kib(&server);
+    // The reading member must not itself become a slow consumer on a busy machine: the sender
+    // keeps within WINDOW messages (512 KiB, half the cap) of what it has received.
+    const WINDOW: u64 = 8;
+    let received = Arc::new(AtomicU64::new(0));
+    let received2 = received.clone();
     let reading = thread::spawn(move || {
         let mut next = 0;
         loop {
@@ -131,12 +138,17 @@ fn flood_room(policy: &str) -> Flood {
                 "the reading member gets every message in order"
             );
             next += 1;
+            received2.store(next, Ordering::Release);
         }
     });
     let sending = thread::spawn(move || {
         let start = Instant::now();
         let mut seq = 0;
         while seq < MAX_MESSAGES && start.elapsed() < Duration::from_secs(4) {
+            if seq - received.load(Ordering::Acquire) >= WINDOW {
+                thread::sleep(Duration::from_millis(1)); // polling for the reader to catch up
+                continue;
+            }
             sender.write_all(&frame(true, 2, &numbered(seq))).unwrap();
             seq += 1;
         }
