@@ -143,6 +143,9 @@ pub struct Connection {
     /// Keepalive, close and send deadlines; unused until [`Connection::set_timeouts`].
     timers: TimerTable,
     timeouts: Option<Rc<Timeouts>>,
+    /// The code of the close frame we queued, for the server's counters (1005, "no status",
+    /// for an empty close: §7.4.1 reserves it for exactly that meaning).
+    close_sent: Option<u16>,
     /// Bytes to send to the peer.
     pub out: Outbox,
 }
@@ -163,6 +166,7 @@ impl Connection {
             receiving_after_close: false,
             timers: TimerTable::new(Instant::now()),
             timeouts: None,
+            close_sent: None,
             out: Outbox::new(),
         }
     }
@@ -262,6 +266,11 @@ impl Connection {
 
     pub fn is_open(&self) -> bool {
         self.state == State::Open
+    }
+
+    /// The code of the close frame we sent (or queued), if any: 1005 stands for an empty one.
+    pub fn close_sent(&self) -> Option<u16> {
+        self.close_sent
     }
 
     /// Feeds bytes from the peer, arrived at `now`. `input` is unmasked in place, and `on` is
@@ -617,7 +626,10 @@ impl Connection {
                     // reason, so the peer's application sees what it said was heard).
                     match code {
                         Some(code) => self.queue_close(code, reason),
-                        None => self.queue(Opcode::Close, &[]),
+                        None => {
+                            self.close_sent = Some(close_code::NO_STATUS);
+                            self.queue(Opcode::Close, &[]);
+                        }
                     }
                 }
                 self.state = State::Closed;
@@ -729,6 +741,7 @@ impl Connection {
     }
 
     fn queue_close(&mut self, code: u16, reason: &str) {
+        self.close_sent = Some(code);
         let mut body = [0u8; 125];
         body[..2].copy_from_slice(&code.to_be_bytes());
         let mut n = reason.len().min(123);
@@ -921,6 +934,24 @@ mod tests {
         let mut expect = unmasked(Opcode::Text, b"");
         expect.extend(unmasked(Opcode::Text, b""));
         assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn the_close_code_sent_is_recorded() {
+        let mut c = Connection::new(Role::Server, 1 << 20);
+        assert_eq!(c.close_sent(), None);
+        c.close(close_code::POLICY, "slow consumer", Instant::now());
+        assert_eq!(c.close_sent(), Some(close_code::POLICY));
+        let shared: SharedFrame = std::rc::Rc::from(&b"\x82\x01x"[..]);
+        assert!(!c.send_shared(&shared), "no data after our close");
+
+        let mut c = Connection::new(Role::Server, 1 << 20);
+        c.receive(
+            &mut masked(true, Opcode::Close, b""),
+            Instant::now(),
+            &mut |_, _| {},
+        );
+        assert_eq!(c.close_sent(), Some(close_code::NO_STATUS));
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    /// Never on the wire: stands for "no status code" in counters (an empty close frame).
+    pub const NO_STATUS: u16 = 1005;
 
     /// Codes a peer may put in a close frame (§7.4.1, §7.4.2): 1000–1003, 1007–1014 and the
     /// registered/private ranges 3000–4999. 1004–1006 and 1015 must never be sent on the wire.

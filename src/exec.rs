@@ -134,6 +134,9 @@ pub struct Program {
 pub enum Pipe {
     Open,
     Closed,
+    /// Reading stopped at the caller's limit: bytes may still be waiting, and as the poll is
+    /// edge-triggered no new event will say so; the caller reads again when it has room.
+    Unread,
 }
 
 impl Program {
@@ -241,9 +244,16 @@ impl Program {
         self.to_stdin = Vec::new();
     }
 
-    /// Reads stdout until it would block, calling `on_line` per complete line.
-    pub fn read_stdout(&mut self, buf: &mut [u8], on_line: &mut dyn FnMut(&[u8])) -> Pipe {
-        let pipe = read_lines(&mut self.stdout, &mut self.out_lines, buf, on_line);
+    /// Reads stdout until it would block or `limit` bytes are read, calling `on_line` per
+    /// complete line. The limit is the room the client has: a client that does not read
+    /// leaves the pipe full, which blocks the program (the pipe's own backpressure).
+    pub fn read_stdout(
+        &mut self,
+        buf: &mut [u8],
+        limit: usize,
+        on_line: &mut dyn FnMut(&[u8]),
+    ) -> Pipe {
+        let pipe = read_lines(&mut self.stdout, &mut self.out_lines, buf, limit, on_line);
         if pipe == Pipe::Closed {
             self.out_lines.finish(on_line);
         }
@@ -252,7 +262,13 @@ impl Program {
 
     /// Reads stderr likewise.
     pub fn read_stderr(&mut self, buf: &mut [u8], on_line: &mut dyn FnMut(&[u8])) -> Pipe {
-        let pipe = read_lines(&mut self.stderr, &mut self.err_lines, buf, on_line);
+        let pipe = read_lines(
+            &mut self.stderr,
+            &mut self.err_lines,
+            buf,
+            usize::MAX,
+            on_line,
+        );
         if pipe == Pipe::Closed {
             self.err_lines.finish(on_line);
         }
@@ -286,21 +302,30 @@ impl Program {
     }
 }
 
-/// Reads a pipe until it would block, splitting what arrives into lines.
+/// Reads a pipe until it would block or `limit` bytes are read, splitting what arrives into
+/// lines.
 fn read_lines(
     pipe: &mut Option<Receiver>,
     lines: &mut Lines,
     buf: &mut [u8],
+    mut limit: usize,
     on_line: &mut dyn FnMut(&[u8]),
 ) -> Pipe {
     let Some(p) = pipe else { return Pipe::Closed };
     loop {
-        match p.read(buf) {
+        if limit == 0 {
+            return Pipe::Unread;
+        }
+        let want = buf.len().min(limit);
+        match p.read(&mut buf[..want]) {
             Ok(0) => {
                 *pipe = None;
                 return Pipe::Closed;
             }
-            Ok(n) => lines.feed(&buf[..n], on_line),
+            Ok(n) => {
+                limit -= n;
+                lines.feed(&buf[..n], on_line)
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pipe::Open,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {

@@ -429,7 +429,11 @@ fn a_peer_that_sends_without_reading_is_paused_not_buffered() {
         }
         true
     });
-    std::thread::sleep(Duration::from_millis(800));
+    // The event under test: the server stops reading this peer (TCP then pushes back).
+    assert!(
+        server.wait_log("reading paused"),
+        "reading never paused for a peer that does not read"
+    );
     let grown = rss_kib(server.child.id()).saturating_sub(before);
     assert!(
         grown < 24 * 1024,

@@ -23,6 +23,7 @@ impl Server {
             scratch,
             config,
             now,
+            console_out,
             ..
         } = self;
         let now = *now;
@@ -35,22 +36,20 @@ impl Server {
             route,
             large,
             program,
+            ..
         } = &mut **ws;
         let peer = client.peer;
-        let console = config.console;
         let room_echo = config.room_echo;
         let mut on = |c: &mut Connection, e: Event<'_>| match e {
             Event::Message(kind, payload) => {
                 *large = payload.len() >= DIRECT_READ_MIN;
                 stats.messages_in += 1;
                 stats.bytes_in += payload.len() as u64;
-                if console {
-                    console::print_message(
-                        &peer,
-                        route.label(),
-                        kind == MessageKind::Text,
-                        &payload,
-                    );
+                if let Some(out) = console_out.as_mut() {
+                    let text = kind == MessageKind::Text;
+                    if !out.message(&peer, route.label(), text, &payload) {
+                        stats.console_dropped += 1;
+                    }
                 }
                 match route {
                     Route::Echo => {
@@ -82,6 +81,13 @@ impl Server {
         }
         let after = conn.state();
         let pending = !conn.out.is_empty();
+        if self
+            .console_out
+            .as_ref()
+            .is_some_and(|o| !o.is_empty() && !o.blocked)
+        {
+            self.flush_console();
+        }
         if pending || after == State::Closed {
             self.queue_flush(key);
         }
@@ -117,15 +123,18 @@ impl Server {
             clients,
             to_flush,
             stats,
+            config,
+            now,
             ..
         } = self;
+        let fan = FanOut::of(config, *now);
         let mut n = 0;
         for &member in rooms.members(room) {
             if Some(member) == except {
                 continue;
             }
             if let Some(client) = clients.get_mut(member) {
-                n += send_to(client, member, to_flush, frame) as usize;
+                n += send_to(client, member, to_flush, frame, fan, stats) as usize;
             }
         }
         stats.messages_out += n as u64;
@@ -139,11 +148,14 @@ impl Server {
             clients,
             to_flush,
             stats,
+            config,
+            now,
             ..
         } = self;
+        let fan = FanOut::of(config, *now);
         let mut n = 0;
         for (key, client) in clients.iter_mut() {
-            n += send_to(client, key, to_flush, frame) as usize;
+            n += send_to(client, key, to_flush, frame, fan, stats) as usize;
         }
         stats.messages_out += n as u64;
         stats.bytes_out += (n * frame.len()) as u64;
@@ -211,7 +223,31 @@ impl Server {
         debug!("console: line sent to {n} clients");
     }
 
+    /// Writes what stdout takes of the console's output; the rest waits for its next
+    /// writable event.
+    pub(super) fn flush_console(&mut self) {
+        let Some(out) = self.console_out.as_mut() else {
+            return;
+        };
+        if let Err(e) = out.flush_to(&mut console::RawStdout) {
+            warn!("console: stdout unusable ({e}); no more output");
+            self.console_out = None;
+        }
+    }
+
+    /// On the way out: what stdout takes now is written, and stdin's and stdout's flags are
+    /// put back for the terminal or pipe the server shares with others.
+    pub(super) fn stop_console(&mut self) {
+        self.flush_console();
+        if let Some(flags) = self.stdio_flags.take() {
+            debug!("console: stdin and stdout flags restored");
+            flags.restore();
+        }
+    }
+
     pub(super) fn start_console(&mut self) {
+        self.stdio_flags = Some(console::StdioFlags::save());
+        self.start_console_output();
         let console = match Console::new() {
             Ok(c) => c,
             Err(e) => return warn!("console: stdin unusable: {e}"),
@@ -230,6 +266,25 @@ impl Server {
                 self.console = None;
             }
         }
+    }
+}
+
+impl Server {
+    /// Client messages go to stdout through a bounded queue, written as stdout takes it.
+    fn start_console_output(&mut self) {
+        let mut source = match console::Output::nonblocking_stdout() {
+            Ok(s) => s,
+            Err(e) => return warn!("console: stdout unusable: {e}"),
+        };
+        // A regular file or /dev/null cannot be polled, but never makes a write wait either.
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut source, CONSOLE_OUT, Interest::WRITABLE)
+        {
+            debug!("console: stdout is not pollable ({e}); written as it comes");
+        }
+        self.console_out = Some(console::Output::new(self.config.console_buffer));
     }
 }
 

@@ -19,7 +19,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, SlowConsumer};
 use crate::connection::{Connection, Event, Expired, MessageKind, State, Timeouts};
 use crate::console::{self, Console, Target};
 use crate::error::{close_code, HandshakeError};
@@ -42,6 +42,7 @@ use stats::Stats;
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 const CONSOLE: Token = Token(usize::MAX - 2);
+const CONSOLE_OUT: Token = Token(usize::MAX - 3);
 
 /// A client's socket token is its slab key shifted left, leaving room for the pipes of a
 /// program attached to the same connection.
@@ -72,6 +73,8 @@ struct Client {
     paused: bool,
     /// The peer sent its FIN; the connection ends once what is queued for it is written.
     peer_closed: bool,
+    /// Fan-out messages skipped because this client was not reading (`--slow-consumer drop`).
+    slow_dropped: u64,
 }
 
 impl Client {
@@ -91,6 +94,20 @@ impl Client {
             Phase::WebSocket(ws) => ws.conn.poll_timeout(),
             Phase::Linger(until) => Some(*until),
         }
+    }
+
+    /// Bytes its program (`--exec`) has not taken on stdin yet.
+    fn program_backlog(&self) -> usize {
+        match &self.phase {
+            Phase::WebSocket(ws) => ws.program.as_ref().map_or(0, |p| p.stdin_backlog()),
+            _ => 0,
+        }
+    }
+
+    /// Output waits beyond `limit`, for the peer or for its program: reading the peer would
+    /// only queue more.
+    fn over(&self, limit: usize) -> bool {
+        self.backlog() > limit || self.program_backlog() > limit
     }
 }
 
@@ -154,6 +171,8 @@ struct WebSocket {
     large: bool,
     /// The connection's own program (the exec route).
     program: Option<Box<Program>>,
+    /// The program's stdout is left unread until the client drains its backlog to half.
+    stdout_held: bool,
 }
 
 /// What a WebSocket connection is for, chosen by the path of its upgrade request.
@@ -215,6 +234,10 @@ pub struct Server {
     next_push: Option<Instant>,
     pushes: u64,
     console: Option<Console>,
+    /// `--console`: what clients said, waiting for stdout.
+    console_out: Option<console::Output>,
+    /// `--console`: stdin's and stdout's flags as they were, put back when the server stops.
+    stdio_flags: Option<console::StdioFlags>,
     /// Programs whose connection is gone, being ended and reaped.
     endings: Vec<Ending>,
     /// Programs running: attached ones and those still ending.
@@ -269,6 +292,8 @@ impl Server {
             next_push,
             pushes: 0,
             console: None,
+            console_out: None,
+            stdio_flags: None,
             endings: Vec::new(),
             children: 0,
         })
@@ -295,6 +320,7 @@ impl Server {
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
+                    self.stop_console();
                     return Err(e);
                 }
             }
@@ -304,6 +330,12 @@ impl Server {
                     LISTENER => self.accept(),
                     SIGNALS => self.on_signal(),
                     CONSOLE => self.on_console(),
+                    CONSOLE_OUT => {
+                        if let Some(out) = self.console_out.as_mut() {
+                            out.blocked = false;
+                        }
+                        self.flush_console();
+                    }
                     Token(t) => {
                         let key = t >> TOKEN_SHIFT;
                         match t & ((1 << TOKEN_SHIFT) - 1) {
@@ -349,6 +381,7 @@ impl Server {
                     .any(|(_, c)| !matches!(c.phase, Phase::Linger(_)));
                 if !closing || now >= deadline {
                     self.stop_programs();
+                    self.stop_console();
                     info!("stopped");
                     return Ok(());
                 }
@@ -383,6 +416,7 @@ impl Server {
                 Err(e) => {
                     // Out of descriptors and the like: leave the rest in the backlog for now.
                     warn!("accept failed: {e}");
+                    self.stats.accept_errors += 1;
                     return;
                 }
             };
@@ -394,6 +428,7 @@ impl Server {
                 );
                 let mut out = Vec::new();
                 handshake::write_refusal(&mut out, HandshakeError::Unavailable);
+                self.stats.refused.add(HandshakeError::Unavailable.status());
                 let _ = socket.write(&out);
                 continue;
             }
@@ -422,6 +457,7 @@ impl Server {
                 active: true,
                 paused: false,
                 peer_closed: false,
+                slow_dropped: 0,
             });
             self.arm(key);
             debug!("{peer}: connected");
@@ -486,11 +522,12 @@ impl Server {
                 self.on_bytes(key, &mut buf[..n]);
             }
             if let Some(client) = self.clients.get_mut(key) {
-                if client.backlog() > self.config.max_backlog {
+                if client.over(self.config.max_backlog) {
                     debug!(
-                        "{}: {} bytes unsent, reading paused",
+                        "{}: {} bytes unsent, {} for its program, reading paused",
                         client.peer,
-                        client.backlog()
+                        client.backlog(),
+                        client.program_backlog()
                     );
                     client.paused = true;
                     break;
@@ -604,10 +641,11 @@ impl Server {
     /// A paused connection whose backlog has drained to half is read again: first the
     /// requests it had already sent, then the socket.
     fn maybe_resume(&mut self, key: usize) {
+        self.maybe_resume_program(key);
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if !client.paused || client.backlog() > self.config.max_backlog / 2 {
+        if !client.paused || client.over(self.config.max_backlog / 2) {
             return;
         }
         client.paused = false;
@@ -748,6 +786,12 @@ impl Server {
             return;
         };
         let _ = self.poll.registry().deregister(&mut client.socket);
+        if client.slow_dropped > 0 {
+            info!(
+                "{}: ended; {} messages were dropped for it as a slow consumer",
+                client.peer, client.slow_dropped
+            );
+        }
         if let Phase::WebSocket(ws) = client.phase {
             self.retire(key, client.peer, ws);
         }
@@ -756,7 +800,15 @@ impl Server {
     /// A WebSocket is over (ended, or only waiting for the peer's FIN): it leaves its room,
     /// and its program, if still running, is told to end and is reaped later.
     fn retire(&mut self, key: usize, peer: SocketAddr, ws: Box<WebSocket>) {
-        let WebSocket { route, program, .. } = *ws;
+        let WebSocket {
+            conn,
+            route,
+            program,
+            ..
+        } = *ws;
+        if let Some(code) = conn.close_sent() {
+            self.stats.closes.add(code);
+        }
         if let Some(p) = program {
             debug!("{peer}: exec pid {}: stdin closed", p.pid());
             self.endings
@@ -787,16 +839,45 @@ fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Res
     Ok(n as usize)
 }
 
-/// Queues a shared frame on one client if it is an open WebSocket; true if queued.
+/// The rule fan-out applies to each receiver: a receiver's unsent output never passes
+/// `max_backlog` because of others' messages; `policy` says what happens instead.
+#[derive(Clone, Copy)]
+struct FanOut {
+    max_backlog: usize,
+    policy: SlowConsumer,
+    /// The loop turn's time, for the close a slow consumer gets.
+    now: Instant,
+}
+
+impl FanOut {
+    fn of(config: &Config, now: Instant) -> FanOut {
+        FanOut {
+            max_backlog: config.max_backlog,
+            policy: config.slow_consumer,
+            now,
+        }
+    }
+}
+
+/// Queues a shared frame on one client if it is an open WebSocket; true if queued. A frame
+/// that would take it past the backlog limit goes to [`slow_consumer`] instead (an empty
+/// outbox still takes one frame, however large, so every message can be delivered).
 fn send_to(
     client: &mut Client,
     key: usize,
     to_flush: &mut Vec<usize>,
     frame: &SharedFrame,
+    fan: FanOut,
+    stats: &mut Stats,
 ) -> bool {
     let Phase::WebSocket(ws) = &mut client.phase else {
         return false;
     };
+    let backlog = ws.conn.out.len();
+    if backlog + frame.len() > fan.max_backlog && backlog > 0 {
+        slow_consumer(client, key, to_flush, fan, stats);
+        return false;
+    }
     if !ws.conn.send_shared(frame) {
         return false;
     }
@@ -805,6 +886,51 @@ fn send_to(
         to_flush.push(key);
     }
     true
+}
+
+/// A receiver is not reading what fan-out sends it: close it (1008, RFC 6455 §7.4.1: a
+/// policy violation) after what it has, or skip this message for it. The sender and the
+/// other receivers are not affected either way.
+#[cold]
+fn slow_consumer(
+    client: &mut Client,
+    key: usize,
+    to_flush: &mut Vec<usize>,
+    fan: FanOut,
+    stats: &mut Stats,
+) {
+    let Phase::WebSocket(ws) = &mut client.phase else {
+        return;
+    };
+    if !ws.conn.is_open() {
+        return;
+    }
+    match fan.policy {
+        SlowConsumer::Close => {
+            info!(
+                "{}: slow consumer, {} bytes unsent: closing with 1008",
+                client.peer,
+                ws.conn.out.len()
+            );
+            ws.conn.close(close_code::POLICY, "slow consumer", fan.now);
+            stats.slow_closed += 1;
+            if !client.queued {
+                client.queued = true;
+                to_flush.push(key);
+            }
+        }
+        SlowConsumer::Drop => {
+            if client.slow_dropped == 0 {
+                info!(
+                    "{}: slow consumer, {} bytes unsent: dropping messages for it",
+                    client.peer,
+                    ws.conn.out.len()
+                );
+            }
+            client.slow_dropped += 1;
+            stats.slow_dropped += 1;
+        }
+    }
 }
 
 /// Encodes a server frame once, for many receivers.

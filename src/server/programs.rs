@@ -62,17 +62,32 @@ impl Server {
         if let Some(client) = self.clients.get_mut(key) {
             let peer = client.peer;
             if let Phase::WebSocket(ws) = &mut client.phase {
-                let WebSocket { conn, program, .. } = &mut **ws;
+                let WebSocket {
+                    conn,
+                    program,
+                    stdout_held,
+                    ..
+                } = &mut **ws;
                 if let Some(p) = program {
                     match pipe {
                         exec::STDOUT => {
                             let mut sent = 0u64;
                             let mut bytes = 0u64;
-                            p.read_stdout(&mut buf, &mut |line| {
+                            // Read no more than the client has room for (see `maybe_resume`).
+                            let room = self.config.max_backlog.saturating_sub(conn.out.len());
+                            let read = p.read_stdout(&mut buf, room, &mut |line| {
                                 let text = String::from_utf8_lossy(line);
                                 sent += conn.send(MessageKind::Text, text.as_bytes()) as u64;
                                 bytes += text.len() as u64;
                             });
+                            if read == Pipe::Unread && !*stdout_held {
+                                debug!(
+                                    "{peer}: exec pid {}: {} bytes unsent, stdout paused",
+                                    p.pid(),
+                                    conn.out.len()
+                                );
+                            }
+                            *stdout_held = read == Pipe::Unread;
                             self.stats.messages_out += sent;
                             self.stats.bytes_out += bytes;
                         }
@@ -94,7 +109,29 @@ impl Server {
             self.queue_flush(key);
         }
         self.rbuf = buf;
+        if pipe == exec::STDIN {
+            // The program took some of its input: its client may be read again.
+            self.maybe_resume(key);
+        }
         self.program_progress(key);
+    }
+
+    /// A program's stdout left unread for a slow client is read again once the client has
+    /// drained to half; it is read now, as the pipe, already full, raises no new event.
+    pub(super) fn maybe_resume_program(&mut self, key: usize) {
+        let half = self.config.max_backlog / 2;
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let Phase::WebSocket(ws) = &mut client.phase else {
+            return;
+        };
+        if !ws.stdout_held || ws.conn.out.len() > half {
+            return;
+        }
+        ws.stdout_held = false;
+        debug!("{}: exec stdout resumed", client.peer);
+        self.on_program_pipe(key, exec::STDOUT);
     }
 
     /// Once a program's stdout is closed and it has exited, its connection closes: 1000 for a

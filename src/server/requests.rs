@@ -147,6 +147,11 @@ impl Server {
                 "GET" | "HEAD" => json_response(200, self.stats_json()),
                 _ => method_not_allowed("GET, HEAD"),
             }
+        } else if path == "/metrics" {
+            match head.method {
+                "GET" | "HEAD" => self.metrics_response(),
+                _ => method_not_allowed("GET, HEAD"),
+            }
         } else {
             http::serve_static(
                 &self.www,
@@ -199,6 +204,38 @@ impl Server {
         json_response(200, format!("{{\"delivered\":{delivered}}}"))
     }
 
+    /// What is open right now, counted when asked for (the loop keeps no running totals).
+    pub(super) fn gauges(&self) -> stats::Gauges {
+        let mut g = stats::Gauges {
+            rooms: self.rooms.sizes().count(),
+            children: self.children,
+            uptime_s: self.started.elapsed().as_secs(),
+            ..stats::Gauges::default()
+        };
+        for (_, c) in self.clients.iter() {
+            match &c.phase {
+                Phase::Http(_) => g.http += 1,
+                Phase::WebSocket(ws) if ws.conn.is_open() => g.websocket += 1,
+                Phase::WebSocket(_) | Phase::Linger(_) => g.closing += 1,
+            }
+        }
+        g
+    }
+
+    /// `GET /metrics`: the counters and gauges for Prometheus.
+    fn metrics_response(&self) -> Response {
+        let mut body = String::new();
+        stats::prometheus(&self.gauges(), &self.stats, &mut body);
+        Response {
+            status: 200,
+            headers: vec![
+                ("Content-Type", stats::METRICS_CONTENT_TYPE.into()),
+                ("Cache-Control", "no-cache".into()),
+            ],
+            body: Cow::Owned(body.into_bytes()),
+        }
+    }
+
     pub(super) fn stats_json(&self) -> String {
         let websockets = self
             .clients
@@ -212,14 +249,23 @@ impl Server {
         }
         let s = &self.stats;
         format!(
-            "{{\"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{}}}",
+            "{{\"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{},\
+             \"slow_closed\":{},\"dropped\":{},\"ping_timeouts\":{},\"send_timeouts\":{},\"accept_errors\":{},\"console_dropped\":{},\"refused\":{},\"closes\":{}}}",
             self.clients.len(),
             s.messages_in,
             s.bytes_in,
             s.messages_out,
             s.bytes_out,
             self.children,
-            self.started.elapsed().as_secs()
+            self.started.elapsed().as_secs(),
+            s.slow_closed,
+            s.slow_dropped,
+            s.ping_timeouts,
+            s.send_timeouts,
+            s.accept_errors,
+            s.console_dropped,
+            stats::json_counts(&s.refused),
+            stats::json_counts(&s.closes),
         )
     }
 
@@ -248,6 +294,7 @@ impl Server {
     pub(super) fn refuse(&mut self, key: usize, e: HandshakeError) {
         let client = &mut self.clients[key];
         info!("{}: {} {}", client.peer, e.status(), e);
+        self.stats.refused.add(e.status());
         let Phase::Http(state) = &mut client.phase else {
             return;
         };
@@ -334,6 +381,7 @@ impl Server {
             route: route.clone(),
             large: false,
             program,
+            stdout_held: false,
         }));
         self.queue_flush(key);
         if let Route::Room(name) = &route {

@@ -20,6 +20,7 @@ impl Counts {
         self.0.iter().copied()
     }
 
+    #[allow(dead_code)] // for the tests, and counters others may read
     pub(super) fn get(&self, key: u16) -> u64 {
         self.0
             .iter()
@@ -53,9 +54,238 @@ pub(super) struct Stats {
     pub(super) console_dropped: u64,
 }
 
+/// What is there right now (as opposed to [`Stats`], what has happened).
+#[derive(Debug, Default)]
+pub(super) struct Gauges {
+    /// Connections still speaking HTTP (before an upgrade, or plain requests).
+    pub(super) http: usize,
+    /// Open WebSockets.
+    pub(super) websocket: usize,
+    /// WebSockets in their closing handshake, and connections waiting for the peer's FIN.
+    pub(super) closing: usize,
+    pub(super) rooms: usize,
+    /// `--exec` programs running (attached, or ending).
+    pub(super) children: usize,
+    pub(super) uptime_s: u64,
+}
+
+/// The Prometheus text exposition format, version 0.0.4.
+pub(super) const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Writes the metrics in the Prometheus text format (0.0.4): a `# HELP` and `# TYPE` line
+/// per family, then one `name{labels} value` line per series; counters end in `_total`.
+pub(super) fn prometheus(g: &Gauges, s: &Stats, out: &mut String) {
+    use std::fmt::Write as _;
+    let mut family = |name: &str, kind: &str, help: &str, series: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in series {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    family(
+        "wsloop_connections",
+        "gauge",
+        "Connections open, by kind.",
+        &[
+            ("{kind=\"http\"}", g.http as u64),
+            ("{kind=\"websocket\"}", g.websocket as u64),
+            ("{kind=\"closing\"}", g.closing as u64),
+        ],
+    );
+    family(
+        "wsloop_rooms",
+        "gauge",
+        "Rooms with members.",
+        &[("", g.rooms as u64)],
+    );
+    let children = [("", g.children as u64)];
+    family(
+        "wsloop_programs",
+        "gauge",
+        "--exec programs running.",
+        &children,
+    );
+    let counters: [(&str, &str, u64); 8] = [
+        (
+            "wsloop_messages_in_total",
+            "WebSocket messages received.",
+            s.messages_in,
+        ),
+        (
+            "wsloop_bytes_in_total",
+            "Payload bytes received.",
+            s.bytes_in,
+        ),
+        (
+            "wsloop_messages_out_total",
+            "WebSocket messages queued to send.",
+            s.messages_out,
+        ),
+        (
+            "wsloop_bytes_out_total",
+            "Payload bytes queued to send.",
+            s.bytes_out,
+        ),
+        (
+            "wsloop_ping_timeouts_total",
+            "Peers dropped for not answering a ping.",
+            s.ping_timeouts,
+        ),
+        (
+            "wsloop_send_timeouts_total",
+            "Connections dropped: output made no progress.",
+            s.send_timeouts,
+        ),
+        (
+            "wsloop_accept_errors_total",
+            "accept(2) failures.",
+            s.accept_errors,
+        ),
+        (
+            "wsloop_console_dropped_total",
+            "Console lines dropped: stdout was full.",
+            s.console_dropped,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(name, "counter", help, &[("", value)]);
+    }
+    family(
+        "wsloop_slow_consumers_total",
+        "counter",
+        "Fan-out past --max-backlog: receivers closed, or messages dropped.",
+        &[
+            ("{action=\"close\"}", s.slow_closed),
+            ("{action=\"drop\"}", s.slow_dropped),
+        ],
+    );
+    let labelled = |key: &str, counts: &Counts| -> Vec<(String, u64)> {
+        counts
+            .iter()
+            .map(|(k, n)| (format!("{{{key}=\"{k}\"}}"), n))
+            .collect()
+    };
+    let refused = labelled("status", &s.refused);
+    let closes = labelled("code", &s.closes);
+    family(
+        "wsloop_refused_total",
+        "counter",
+        "Requests and upgrades refused, by HTTP status.",
+        &series(&refused),
+    );
+    family(
+        "wsloop_closes_total",
+        "counter",
+        "WebSocket close frames sent, by close code (1005: an empty close).",
+        &series(&closes),
+    );
+    family(
+        "wsloop_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        &[("", g.uptime_s)],
+    );
+}
+
+fn series(v: &[(String, u64)]) -> Vec<(&str, u64)> {
+    v.iter().map(|(l, n)| (l.as_str(), *n)).collect()
+}
+
+/// `{"403":2,"503":1}`: a count per key as a JSON object.
+pub(super) fn json_counts(counts: &Counts) -> String {
+    let mut out = String::from("{");
+    for (i, (k, n)) in counts.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        out.push_str(&format!("{sep}\"{k}\":{n}"));
+    }
+    out.push('}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_follow_the_text_format_line_by_line() {
+        let mut s = Stats {
+            messages_in: 3,
+            slow_closed: 1,
+            ..Stats::default()
+        };
+        s.refused.add(503);
+        s.refused.add(403);
+        s.refused.add(503);
+        s.closes.add(1008);
+        let g = Gauges {
+            http: 1,
+            websocket: 2,
+            rooms: 1,
+            uptime_s: 7,
+            ..Gauges::default()
+        };
+        let mut out = String::new();
+        prometheus(&g, &s, &mut out);
+        assert!(out.ends_with('\n'));
+        let mut described = Vec::new();
+        let mut typed = Vec::new();
+        let mut series = Vec::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap();
+                assert!(!help.is_empty(), "{line}");
+                described.push(name.to_string());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(kind == "counter" || kind == "gauge", "{line}");
+                assert_eq!(
+                    described.last().map(String::as_str),
+                    Some(name),
+                    "HELP first"
+                );
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+                typed.push(name.to_string());
+            } else {
+                let (series_name, value) = line.rsplit_once(' ').unwrap();
+                value.parse::<f64>().unwrap();
+                let name = series_name.split('{').next().unwrap();
+                assert!(name.starts_with("wsloop_"), "{line}");
+                assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                assert_eq!(typed.last().map(String::as_str), Some(name), "{line}");
+                if let Some(labels) = series_name.strip_prefix(name) {
+                    if !labels.is_empty() {
+                        assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                        let (k, v) = labels[1..labels.len() - 1].split_once('=').unwrap();
+                        assert!(!k.is_empty() && v.starts_with('"') && v.ends_with('"'));
+                    }
+                }
+                series.push(line.to_string());
+            }
+        }
+        let has = |l: &str| series.iter().any(|s| s == l);
+        assert!(has("wsloop_connections{kind=\"websocket\"} 2"));
+        assert!(has("wsloop_messages_in_total 3"));
+        assert!(has("wsloop_refused_total{status=\"403\"} 1"));
+        assert!(has("wsloop_refused_total{status=\"503\"} 2"));
+        assert!(has("wsloop_closes_total{code=\"1008\"} 1"));
+        assert!(has("wsloop_slow_consumers_total{action=\"close\"} 1"));
+        assert!(has("wsloop_slow_consumers_total{action=\"drop\"} 0"));
+        assert!(has("wsloop_uptime_seconds 7"));
+        // Every family once.
+        let mut unique = typed.clone();
+        unique.dedup();
+        assert_eq!(unique, typed);
+    }
+
+    #[test]
+    fn counts_as_json() {
+        let mut c = Counts::default();
+        assert_eq!(json_counts(&c), "{}");
+        c.add(503);
+        c.add(403);
+        assert_eq!(json_counts(&c), r#"{"403":1,"503":1}"#);
+    }
 
     #[test]
     fn counts_per_key_in_order() {
