@@ -32,10 +32,12 @@ use crate::room::{self, Rooms};
 
 mod messaging;
 mod programs;
+mod protection;
 mod requests;
 mod signals;
 mod stats;
 
+use protection::Protection;
 use stats::Stats;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -170,6 +172,8 @@ pub struct Server {
     endings: Vec<Ending>,
     /// Programs running: attached ones and those still ending.
     children: usize,
+    /// Origin policy, per-address counts, the spare descriptor.
+    protection: Protection,
 }
 
 impl Server {
@@ -178,14 +182,23 @@ impl Server {
         config.validate()?;
         let poll = Poll::new()?;
         let addr = SocketAddr::new(config.bind, config.port);
-        let mut listener = TcpListener::bind(addr)?;
+        let mut listener = TcpListener::bind(addr)
+            .map_err(|e| crate::error::io_context(format_args!("cannot listen on {addr}"), e))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
         let config_sweep = config.shrink_after;
         let next_push = config.push_every.map(|every| Instant::now() + every);
+        if let Some(path) = &config.exec {
+            exec::check_program(path).map_err(|e| {
+                crate::error::io_context(format_args!("--exec {}", path.display()), e)
+            })?;
+        }
+        let protection = Protection::new(&config)?;
         let www = match &config.www {
-            Some(dir) => WebRoot::dir(dir)?,
+            Some(dir) => WebRoot::dir(dir).map_err(|e| {
+                crate::error::io_context(format_args!("--www {}", dir.display()), e)
+            })?,
             None => WebRoot::embedded(),
         };
         Ok(Server {
@@ -214,6 +227,7 @@ impl Server {
             console: None,
             endings: Vec::new(),
             children: 0,
+            protection,
         })
     }
 
@@ -276,6 +290,10 @@ impl Server {
             if now >= self.next_sweep {
                 self.sweep();
             }
+            if self.protection.accept_retry.is_some_and(|at| now >= at) {
+                self.protection.accept_retry = None;
+                self.accept();
+            }
             if self.next_push.is_some_and(|at| now >= at) {
                 self.push(now);
             }
@@ -307,6 +325,9 @@ impl Server {
         if let Some(at) = self.next_push {
             next = next.min(at);
         }
+        if let Some(at) = self.protection.accept_retry {
+            next = next.min(at);
+        }
         for e in &self.endings {
             next = next.min(e.next_deadline());
         }
@@ -322,11 +343,8 @@ impl Server {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Out of descriptors and the like: leave the rest in the backlog for now.
-                    warn!("accept failed: {e}");
-                    return;
-                }
+                Err(e) if self.accept_failed(&e) => continue,
+                Err(_) => return,
             };
             if self.clients.len() >= self.config.max_connections || self.stopping.is_some() {
                 info!(
@@ -337,6 +355,9 @@ impl Server {
                 let mut out = Vec::new();
                 handshake::write_refusal(&mut out, HandshakeError::Unavailable);
                 let _ = socket.write(&out);
+                continue;
+            }
+            if self.over_per_ip_limit(&mut socket, peer) {
                 continue;
             }
             let _ = socket.set_nodelay(true);
@@ -363,6 +384,7 @@ impl Server {
                 peer_closed: false,
             });
             self.set_deadline(key, self.config.handshake_timeout);
+            self.count_peer(peer);
             debug!("{peer}: connected");
         }
     }
@@ -606,6 +628,7 @@ impl Server {
             return;
         };
         let _ = self.poll.registry().deregister(&mut client.socket);
+        self.release_peer(client.peer);
         if let Phase::WebSocket(ws) = client.phase {
             self.retire(key, client.peer, ws);
         }

@@ -2,6 +2,7 @@
 //! endpoints (`/publish`, `/stats`, static files), and the upgrade itself.
 
 use super::*;
+use crate::target;
 
 impl Server {
     /// Request heads (and bodies) of plain HTTP, until one of them upgrades to WebSocket.
@@ -39,6 +40,13 @@ impl Server {
                     let hosts = head.values("Host").count();
                     if hosts > 1 || (hosts == 0 && head.minor_version >= 1) {
                         self.refuse(key, HandshakeError::MissingHost);
+                        break None;
+                    }
+                    let checked = target::parse(head.method, head.target)
+                        .map_err(HandshakeError::BadTarget)
+                        .and_then(|t| self.check_origin(self.clients[key].peer, &head, &t));
+                    if let Err(e) = checked {
+                        self.refuse(key, e);
                         break None;
                     }
                     if head.wants_websocket() {
@@ -245,6 +253,7 @@ impl Server {
     pub(super) fn refuse(&mut self, key: usize, e: HandshakeError) {
         let client = &mut self.clients[key];
         info!("{}: {} {}", client.peer, e.status(), e);
+        self.stats.refused.add(e.status());
         let Phase::Http(state) = &mut client.phase else {
             return;
         };
