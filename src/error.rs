@@ -256,7 +256,7 @@ mod tests {
             e.to_string(),
             "cannot listen on 192.0.2.1:9001: Cannot assign requested address"
         );
-        let plain = io::Error::new(io::ErrorKind::Other, "no number (here)");
+        let plain = io::Error::other("no number (here)");
         assert_eq!(io_message(&plain), "no number (here)");
     }
 }
