@@ -197,8 +197,27 @@ impl Config {
         if self.push_every.is_some_and(|d| d.is_zero()) {
             return invalid("--push-every must be above zero".into());
         }
+        crate::origin::OriginPolicy::parse(&self.allowed_origins)
+            .map_err(|msg| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg))?;
+        // RFC 6455 §4.1: each subprotocol is an RFC 9110 token; anything else could never be
+        // offered by a client, and would be echoed into a header unchecked.
+        if let Some(p) = self.protocols.iter().find(|p| !is_token(p)) {
+            return invalid(format!(
+                "--protocol {p:?}: not a token (letters, digits, !#$%&'*+-.^_`|~)"
+            ));
+        }
+        if self.max_per_ip == Some(0) {
+            return invalid("--max-per-ip must be at least 1".into());
+        }
         Ok(())
     }
+}
+
+/// RFC 9110 §5.6.2: `token = 1*tchar`.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Reads sizes such as `512KiB`, `4MiB`, `1GiB`, `64k` or plain bytes.
@@ -283,6 +302,29 @@ mod tests {
             ..Config::default()
         };
         assert!(zero_period.validate().is_err());
+        let bad_origin = Config {
+            allowed_origins: vec!["https://ok.example".into(), "https://x/y".into()],
+            ..Config::default()
+        };
+        let err = bad_origin.validate().unwrap_err().to_string();
+        assert!(err.starts_with("--allowed-origin \"https://x/y\""), "{err}");
+        let good_origins = Config {
+            allowed_origins: vec!["*".into(), "null".into(), "https://*.example.com".into()],
+            ..Config::default()
+        };
+        assert!(good_origins.validate().is_ok());
+        for bad in ["", "a b", "chat,"] {
+            let c = Config {
+                protocols: vec![bad.into()],
+                ..Config::default()
+            };
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+        let zero_per_ip = Config {
+            max_per_ip: Some(0),
+            ..Config::default()
+        };
+        assert!(zero_per_ip.validate().is_err());
     }
 
     #[test]

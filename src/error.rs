@@ -2,6 +2,10 @@
 //! answer: a close code (RFC 6455 §7.4.1) or an HTTP status (RFC 6455 §4.2.2, RFC 9110 §15).
 
 use std::fmt;
+use std::io;
+
+pub use crate::origin::OriginError;
+pub use crate::target::TargetError;
 
 /// Close codes this server sends (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -136,6 +140,12 @@ pub enum HandshakeError {
     Unavailable,
     /// The connection's program (`--exec`) could not be started.
     ProgramFailed,
+    /// RFC 9112 §3.2: the request-target is none of the forms a server accepts.
+    BadTarget(TargetError),
+    /// RFC 6455 §10.2: the page's `Origin` is not this server's nor allowed by `--allowed-origin`.
+    OriginRefused(OriginError),
+    /// `--max-per-ip`: the address has as many connections open as it may (RFC 6585 §4).
+    TooManyFromAddress,
 }
 
 impl HandshakeError {
@@ -148,7 +158,10 @@ impl HandshakeError {
             UnknownPath => 404,
             Unavailable => 503,
             ProgramFailed => 500,
-            MalformedHead
+            OriginRefused(_) => 403,
+            TooManyFromAddress => 429,
+            BadTarget(_)
+            | MalformedHead
             | BadContentLength
             | NotGet
             | OldHttpVersion
@@ -164,6 +177,8 @@ impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use HandshakeError::*;
         f.write_str(match self {
+            BadTarget(e) => return e.fmt(f),
+            OriginRefused(e) => return e.fmt(f),
             MalformedHead => "malformed HTTP request head",
             HeadTooLarge => "request head too large",
             NotGet => "WebSocket upgrade must use GET",
@@ -177,11 +192,28 @@ impl fmt::Display for HandshakeError {
             UnknownPath => "no WebSocket endpoint at this path",
             Unavailable => "server busy, try again later",
             ProgramFailed => "the program for this endpoint could not be started",
+            TooManyFromAddress => "too many connections from this address, try again later",
         })
     }
 }
 
 impl std::error::Error for HandshakeError {}
+
+/// An I/O error as the operator reads it: the system's message without the `(os error N)`
+/// that `io::Error` appends, which names nothing the operator can act on.
+pub fn io_message(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
+/// `e`, kind kept, with its subject in front: `cannot listen on 1.2.3.4:9001: Cannot assign
+/// requested address`, `--www /x: No such file or directory`.
+pub fn io_context(subject: impl fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{subject}: {}", io_message(&e)))
+}
 
 #[cfg(test)]
 mod tests {
@@ -205,5 +237,28 @@ mod tests {
         assert_eq!(HandshakeError::UnsupportedVersion.status(), 426);
         assert_eq!(HandshakeError::HeadTooLarge.status(), 431);
         assert_eq!(HandshakeError::BadKey.status(), 400);
+        assert_eq!(
+            HandshakeError::OriginRefused(OriginError::CrossOrigin).status(),
+            403
+        );
+        assert_eq!(HandshakeError::TooManyFromAddress.status(), 429);
+        assert_eq!(
+            HandshakeError::BadTarget(TargetError::Fragment).status(),
+            400
+        );
+    }
+
+    #[test]
+    fn io_errors_name_their_subject_without_the_os_error_number() {
+        let e = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        assert!(e.to_string().contains("(os error"));
+        let e = io_context("cannot listen on 192.0.2.1:9001", e);
+        assert_eq!(e.kind(), io::ErrorKind::AddrNotAvailable);
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on 192.0.2.1:9001: Cannot assign requested address"
+        );
+        let plain = io::Error::other("no number (here)");
+        assert_eq!(io_message(&plain), "no number (here)");
     }
 }

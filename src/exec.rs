@@ -139,6 +139,38 @@ pub enum Pipe {
     Unread,
 }
 
+/// Checks at start-up that `--exec PATH` names a program this process may run, so that a typo
+/// fails once with the path named instead of refusing every upgrade with 500. A bare name is
+/// looked up in `$PATH`, as `Command` will.
+pub fn check_program(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let executable = |p: &std::path::Path| -> io::Result<()> {
+        let meta = std::fs::metadata(p)?;
+        if !meta.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file"));
+        }
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: `c` is a NUL-terminated path that lives across the call.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), "not executable by this user"));
+        }
+        Ok(())
+    };
+    if path.as_os_str().as_bytes().contains(&b'/') {
+        return executable(path);
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&search).any(|dir| executable(&dir.join(path)).is_ok()) {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "no executable of that name in $PATH",
+    ))
+}
+
 impl Program {
     /// Starts `path args…` with the request's environment and all three pipes.
     pub fn spawn<S: AsRef<OsStr>>(

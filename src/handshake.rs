@@ -90,9 +90,9 @@ impl<'b> Head<'b> {
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     }
 
-    /// The path of the target, without the query.
+    /// The path of the target, without the query (absolute-form included, RFC 9112 §3.2.2).
     pub fn path(&self) -> &'b str {
-        self.target.split(['?', '#']).next().unwrap_or("")
+        crate::target::path_of(self.method, self.target)
     }
 
     /// The query string, without the `?`.
@@ -190,6 +190,10 @@ pub fn write_accept(out: &mut Vec<u8>, accepted: &Accepted) {
     out.extend_from_slice(b"\r\n\r\n");
 }
 
+/// `Retry-After` of a `429` (`--max-per-ip`): long enough for a reconnect loop to back off,
+/// short enough that a page reloaded after closing a tab gets in.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
 /// Appends the refusal for `err`: its status, a one-line reason as the body, and
 /// `Connection: close`. A version refusal names the version spoken (§4.2.2).
 pub fn write_refusal(out: &mut Vec<u8>, err: HandshakeError) {
@@ -199,6 +203,12 @@ pub fn write_refusal(out: &mut Vec<u8>, err: HandshakeError) {
             .headers
             .push(("Sec-WebSocket-Version", "13".into()));
         response.headers.push(("Upgrade", "websocket".into()));
+    }
+    if err == HandshakeError::TooManyFromAddress {
+        // RFC 6585 §4: a 429 MAY say how long to wait.
+        response
+            .headers
+            .push(("Retry-After", RETRY_AFTER_SECS.to_string()));
     }
     response.write_to(out, false, false);
 }

@@ -53,9 +53,10 @@ impl WebRoot {
     pub fn dir(path: &Path) -> io::Result<WebRoot> {
         let canonical = fs::canonicalize(path)?;
         if !fs::metadata(&canonical)?.is_dir() {
+            // The caller names the path (`--www DIR: …`).
             return Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
-                format!("{} is not a directory", path.display()),
+                "Not a directory",
             ));
         }
         Ok(WebRoot::Dir(canonical))

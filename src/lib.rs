@@ -14,9 +14,11 @@ pub mod exec;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod origin;
 pub mod outbox;
 pub mod room;
 pub mod server;
+pub mod target;
 pub mod timer;
 pub mod utf8;
 

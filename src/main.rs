@@ -24,6 +24,13 @@ fn main() {
     if let Some(Command::Client(args)) = cli.command {
         std::process::exit(wsloop::client::run(args));
     }
+    // A flag value that parses but makes no sense is a usage error too: clap's format, exit 2.
+    if let Err(e) = cli.config.validate() {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit();
+    }
     let run = || -> std::io::Result<()> {
         let mut server = wsloop::Server::bind(cli.config)?;
         server.stop_on_signals()?;

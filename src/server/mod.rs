@@ -33,10 +33,12 @@ use crate::timer::{Timer, TimerTable};
 
 mod messaging;
 mod programs;
+mod protection;
 mod requests;
 mod signals;
 mod stats;
 
+use protection::Protection;
 use stats::Stats;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -242,6 +244,8 @@ pub struct Server {
     endings: Vec<Ending>,
     /// Programs running: attached ones and those still ending.
     children: usize,
+    /// Origin policy, per-address counts, the spare descriptor.
+    protection: Protection,
 }
 
 impl Server {
@@ -250,7 +254,8 @@ impl Server {
         config.validate()?;
         let poll = Poll::new()?;
         let addr = SocketAddr::new(config.bind, config.port);
-        let mut listener = TcpListener::bind(addr)?;
+        let mut listener = TcpListener::bind(addr)
+            .map_err(|e| crate::error::io_context(format_args!("cannot listen on {addr}"), e))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
@@ -262,8 +267,16 @@ impl Server {
             send: config.send_timeout,
         });
         let next_push = config.push_every.map(|every| Instant::now() + every);
+        if let Some(path) = &config.exec {
+            exec::check_program(path).map_err(|e| {
+                crate::error::io_context(format_args!("--exec {}", path.display()), e)
+            })?;
+        }
+        let protection = Protection::new(&config)?;
         let www = match &config.www {
-            Some(dir) => WebRoot::dir(dir)?,
+            Some(dir) => WebRoot::dir(dir).map_err(|e| {
+                crate::error::io_context(format_args!("--www {}", dir.display()), e)
+            })?,
             None => WebRoot::embedded(),
         };
         Ok(Server {
@@ -296,6 +309,7 @@ impl Server {
             stdio_flags: None,
             endings: Vec::new(),
             children: 0,
+            protection,
         })
     }
 
@@ -366,6 +380,10 @@ impl Server {
             if now >= self.next_sweep {
                 self.sweep();
             }
+            if self.protection.accept_retry.is_some_and(|at| now >= at) {
+                self.protection.accept_retry = None;
+                self.accept();
+            }
             if self.next_push.is_some_and(|at| now >= at) {
                 self.push(now);
             }
@@ -398,6 +416,9 @@ impl Server {
         if let Some(at) = self.next_push {
             next = next.min(at);
         }
+        if let Some(at) = self.protection.accept_retry {
+            next = next.min(at);
+        }
         for e in &self.endings {
             next = next.min(e.next_deadline());
         }
@@ -413,12 +434,8 @@ impl Server {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Out of descriptors and the like: leave the rest in the backlog for now.
-                    warn!("accept failed: {e}");
-                    self.stats.accept_errors += 1;
-                    return;
-                }
+                Err(e) if self.accept_failed(&e) => continue,
+                Err(_) => return,
             };
             if self.clients.len() >= self.config.max_connections || self.stopping.is_some() {
                 info!(
@@ -430,6 +447,9 @@ impl Server {
                 handshake::write_refusal(&mut out, HandshakeError::Unavailable);
                 self.stats.refused.add(HandshakeError::Unavailable.status());
                 let _ = socket.write(&out);
+                continue;
+            }
+            if self.over_per_ip_limit(&mut socket, peer) {
                 continue;
             }
             let _ = socket.set_nodelay(true);
@@ -460,6 +480,7 @@ impl Server {
                 slow_dropped: 0,
             });
             self.arm(key);
+            self.count_peer(peer);
             debug!("{peer}: connected");
         }
     }
@@ -792,6 +813,7 @@ impl Server {
                 client.peer, client.slow_dropped
             );
         }
+        self.release_peer(client.peer);
         if let Phase::WebSocket(ws) = client.phase {
             self.retire(key, client.peer, ws);
         }

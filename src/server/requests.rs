@@ -2,6 +2,7 @@
 //! endpoints (`/publish`, `/stats`, static files), and the upgrade itself.
 
 use super::*;
+use crate::target;
 
 impl Server {
     /// Request heads (and bodies) of plain HTTP, until one of them upgrades to WebSocket.
@@ -42,6 +43,13 @@ impl Server {
                     let hosts = head.values("Host").count();
                     if hosts > 1 || (hosts == 0 && head.minor_version >= 1) {
                         self.refuse(key, HandshakeError::MissingHost);
+                        break None;
+                    }
+                    let checked = target::parse(head.method, head.target)
+                        .map_err(HandshakeError::BadTarget)
+                        .and_then(|t| self.check_origin(self.clients[key].peer, &head, &t));
+                    if let Err(e) = checked {
+                        self.refuse(key, e);
                         break None;
                     }
                     if head.wants_websocket() {
