@@ -24,7 +24,7 @@ measure() { # measure LABEL FLAGS...
     port=$(grep -o 'listening on ws://[^ ]*' "$log" | sed 's/.*://') && [ -n "$port" ] && break
     sleep 0.1
   done
-  taskset -c 1 "$lg" idle --port "$port" -c "$conns" --settle 2 --hold $((secs + 4)) --pid "$pid" >/dev/null &
+  taskset -c 1 "$lg" idle --port "$port" -c "$conns" --settle 2 --hold $((secs + 4)) --pid "$pid" | grep -o "connected=[0-9]* failed=[0-9]* alive_after_hold=[0-9]*" &
   lgpid=$!
   # Wait until every connection is open, then let a few intervals pass before measuring.
   for _ in $(seq 300); do

@@ -47,7 +47,7 @@ for t in "${TARGETS[@]}"; do
   # -max_total_time bounds the fuzzing; timeout(1) is the backstop if it hangs anyway.
   if ! timeout --kill-after=10 $((SECS + 120)) \
     cargo fuzz run "$t" "fuzz/corpus/$t" "${seeds[@]}" -- \
-    -max_total_time="$SECS" -timeout=10 -print_final_stats=1 "${parallel[@]}" "${dict[@]}"; then
+    -max_total_time="$SECS" -timeout=10 -rss_limit_mb=512 -print_final_stats=1 "${parallel[@]}" "${dict[@]}"; then
     failed+=("$t")
   fi
 done
