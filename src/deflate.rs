@@ -48,20 +48,22 @@ pub struct DeflateConfig {
     pub client_window_bits: u8,
     /// zlib's memLevel (1..=9): the size of the compressor's hash table and block buffer.
     pub mem_level: u8,
-    /// Compression level, 0 (store) ..= 9 (smallest).
+    /// Compression level, 1 (fastest) ..= 9 (smallest). Level 0 (store) never pays, and zlib-rs
+    /// 0.6.8 panics in it with a small memLevel (found by the `inflate` fuzz target).
     pub level: u8,
     /// Messages shorter than this are sent uncompressed.
     pub threshold: usize,
 }
 
+/// The defaults of the `--deflate*` flags (measured with `cargo bench --bench deflate`).
 impl Default for DeflateConfig {
     fn default() -> Self {
         DeflateConfig {
             mode: DeflateMode::Off,
-            window_bits: 15,
-            client_window_bits: 15,
-            mem_level: 8,
-            level: 6,
+            window_bits: 13,
+            client_window_bits: 13,
+            mem_level: 4,
+            level: 1,
             threshold: 64,
         }
     }
@@ -488,7 +490,7 @@ impl Compressor {
             state: None,
             window_bits: window_bits.clamp(MIN_OWN_WINDOW, 15),
             mem_level: cfg.mem_level.clamp(1, 9),
-            level: cfg.level.min(9),
+            level: cfg.level.clamp(1, 9),
             threshold: cfg.threshold,
             keep_context,
             stale: false,
@@ -504,14 +506,17 @@ impl Compressor {
     /// appended with RSV1 set. `Ok(false)`: nothing appended; compression would not pay (below
     /// the threshold, or no smaller), send the payload uncompressed with RSV1 clear.
     pub fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<bool, DeflateError> {
-        if payload.len() < self.threshold {
+        // An empty message never pays, and zlib emits no second flush marker in a row for it.
+        if payload.is_empty() || payload.len() < self.threshold {
             return Ok(false);
         }
         let start = out.len();
         let state = match &mut self.state {
             Some(s) => {
                 if self.stale || !self.keep_context {
-                    if s.total_in() > 0 {
+                    // A fresh state needs no reset (it clears the hash table); one that took
+                    // input, or holds output a full budget cut off, does.
+                    if s.total_in() > 0 || s.total_out() > 0 {
                         s.reset();
                     }
                     self.stale = false;

@@ -3,9 +3,18 @@ use super::*;
 fn cfg(mode: DeflateMode) -> DeflateConfig {
     DeflateConfig {
         mode,
+        window_bits: 15,
+        client_window_bits: 15,
         threshold: 0,
         ..DeflateConfig::default()
     }
+}
+
+#[test]
+fn flags_default_to_the_config_default() {
+    let from_flags = DeflateConfig::from(&crate::Config::default());
+    assert_eq!(from_flags, DeflateConfig::default());
+    assert_eq!(from_flags.mode, DeflateMode::Off);
 }
 
 /// The response value for one header line of offers, or `None` when all are declined.
@@ -456,4 +465,22 @@ fn invalid_data() {
         let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
         assert_eq!(inflate_pieces(&mut inf, &[&hello], 100).unwrap(), b"Hello");
     }
+}
+
+#[test]
+fn a_message_cut_off_by_its_budget_leaves_nothing_behind() {
+    // An empty message does not pay (the flush alone is 5 bytes); the compressor stopped with
+    // part of that flush still inside. Found by the `inflate` fuzz target.
+    let mut c = Compressor::new(15, true, &cfg(DeflateMode::Dedicated));
+    let mut wire = Vec::new();
+    assert!(!c.compress(b"", &mut wire).unwrap());
+    let msg = b"{\"id\":1,\"text\":\"hello hello hello \"}";
+    assert!(c.compress(msg, &mut wire).unwrap());
+    let mut inf = Inflater::new(15, true);
+    assert_eq!(inflate_pieces(&mut inf, &[&wire], msg.len()).unwrap(), msg);
+    // Nor does an empty message right after a compressed one (also from the fuzzer).
+    wire.clear();
+    assert!(!c.compress(b"", &mut wire).unwrap());
+    assert!(c.compress(msg, &mut wire).unwrap());
+    assert_eq!(inflate_pieces(&mut inf, &[&wire], msg.len()).unwrap(), msg);
 }
