@@ -159,20 +159,20 @@ pub struct Config {
 
     /// permessage-deflate (RFC 7692): `off`; `shared` (one compressor per loop, no context
     /// kept between messages, no state per connection); `dedicated` (context kept both ways
-    /// for the best ratio, about 100 KiB per active connection).
+    /// for the best ratio, about 220 KiB per active connection at the defaults).
     #[arg(long, value_enum, default_value_t = DeflateMode::Off)]
     pub deflate: DeflateMode,
 
     /// Deflate: LZ77 window, log2 bytes (9..=15), for our compressor and asked of clients.
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u8).range(9..=15))]
+    #[arg(long, default_value_t = 13, value_parser = clap::value_parser!(u8).range(9..=15))]
     pub deflate_window_bits: u8,
 
     /// Deflate: zlib memLevel (1..=9), the compressor's hash table and block buffer size.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=9))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub deflate_mem_level: u8,
 
-    /// Deflate: compression level, 0 (store) ..= 9 (smallest, slowest).
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(0..=9))]
+    /// Deflate: compression level, 1 (fastest) ..= 9 (smallest, slowest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub deflate_level: u8,
 
     /// Deflate: messages shorter than this are sent uncompressed.
