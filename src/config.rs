@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::deflate::DeflateMode;
+
 /// What to do with a receiver that fan-out would take past `--max-backlog`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SlowConsumer {
@@ -154,6 +156,28 @@ pub struct Config {
     /// and as long again before SIGKILL.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub exec_grace: Duration,
+
+    /// permessage-deflate (RFC 7692): `off`; `shared` (one compressor per loop, no context
+    /// kept between messages, no state per connection); `dedicated` (context kept both ways
+    /// for the best ratio, about 220 KiB per active connection at the defaults).
+    #[arg(long, value_enum, default_value_t = DeflateMode::Off)]
+    pub deflate: DeflateMode,
+
+    /// Deflate: LZ77 window, log2 bytes (9..=15), for our compressor and asked of clients.
+    #[arg(long, default_value_t = 13, value_parser = clap::value_parser!(u8).range(9..=15))]
+    pub deflate_window_bits: u8,
+
+    /// Deflate: zlib memLevel (1..=9), the compressor's hash table and block buffer size.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub deflate_mem_level: u8,
+
+    /// Deflate: compression level, 1 (fastest) ..= 9 (smallest, slowest).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub deflate_level: u8,
+
+    /// Deflate: messages shorter than this are sent uncompressed.
+    #[arg(long, default_value = "64B", value_parser = parse_size, value_name = "SIZE")]
+    pub deflate_threshold: usize,
 }
 
 /// clap turns a literal `{n}` in help text into a line break; styling the `n` keeps it shown

@@ -215,6 +215,47 @@ pub fn io_context(subject: impl fmt::Display, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{subject}: {}", io_message(&e)))
 }
 
+/// A broken rule of permessage-deflate (RFC 7692); each one fails the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeflateError {
+    /// RFC 6455 §10.4 applied to the inflated size: the message inflates past the size limit.
+    TooBig,
+    /// RFC 7692 §6.2: the compressed payload is not valid DEFLATE data. Answered like bad UTF-8
+    /// ("data inconsistent with the type of the message", as Node's `ws` does).
+    InvalidData,
+    /// RFC 6455 §9.1, RFC 7692 §7.1: the server's answer is invalid or names what was not offered.
+    BadResponse(&'static str),
+    /// Our own compressor failed (out of memory).
+    Internal,
+}
+
+impl DeflateError {
+    /// The close code that answers this error (RFC 6455 §7.4.1).
+    pub fn close_code(self) -> u16 {
+        match self {
+            DeflateError::TooBig => close_code::TOO_BIG,
+            DeflateError::InvalidData => close_code::INVALID_PAYLOAD,
+            DeflateError::BadResponse(_) => close_code::PROTOCOL_ERROR,
+            DeflateError::Internal => close_code::INTERNAL,
+        }
+    }
+}
+
+impl fmt::Display for DeflateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeflateError::TooBig => f.write_str("compressed message inflates past the size limit"),
+            DeflateError::InvalidData => {
+                f.write_str("compressed message is not valid DEFLATE data")
+            }
+            DeflateError::BadResponse(why) => write!(f, "bad permessage-deflate response: {why}"),
+            DeflateError::Internal => f.write_str("compressor failed"),
+        }
+    }
+}
+
+impl std::error::Error for DeflateError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +301,7 @@ mod tests {
         );
         let plain = io::Error::other("no number (here)");
         assert_eq!(io_message(&plain), "no number (here)");
+        assert_eq!(DeflateError::TooBig.close_code(), 1009);
+        assert_eq!(DeflateError::InvalidData.close_code(), 1007);
     }
 }

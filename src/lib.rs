@@ -1,14 +1,16 @@
 //! wsloop: an RFC 6455 WebSocket server on one `mio` event loop.
 //!
 //! The protocol lives in sans-I/O modules that never touch a socket — [`frame`] (the codec),
-//! [`handshake`] (the opening handshake), [`connection`] (one connection's protocol) and
-//! [`http`] (plain HTTP answers) — so tests and fuzzers drive them with bytes alone.
+//! [`handshake`] (the opening handshake), [`connection`] (one connection's protocol),
+//! [`deflate`] (permessage-deflate) and [`http`] (plain HTTP answers) — so tests and fuzzers
+//! drive them with bytes alone.
 //! [`server`] is the loop that moves bytes between them and the sockets.
 
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod console;
+pub mod deflate;
 pub mod error;
 pub mod exec;
 pub mod frame;
