@@ -213,3 +213,46 @@ fn a_header_announcing_a_huge_frame_reserves_no_memory_for_it() {
     // Reserving the announced length would be 100 × 60 MiB of address space.
     assert!(grown_mib < 64, "VmData grew by {grown_mib} MiB");
 }
+
+#[test]
+fn a_dead_peers_program_is_ended_with_it() {
+    let server = TestServer::start(&[
+        "--exec",
+        "/bin/cat",
+        "--ping-interval",
+        "300ms",
+        "--pong-timeout",
+        "300ms",
+        "--exec-grace",
+        "200ms",
+    ]);
+    let mut dead = server.ws_raw("/exec");
+    let kids = children_of(server.child.id());
+    assert_eq!(kids.len(), 1, "one program expected: {kids:?}");
+    assert_eq!(read_frame(&mut dead).unwrap().1, 0x9, "a ping");
+    assert!(dropped_within(&mut dead, Duration::from_secs(5)));
+    // Its program is told to end (stdin closed: cat exits) and is reaped.
+    let end = Instant::now() + Duration::from_secs(5);
+    while process_state(kids[0]).is_some() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        process_state(kids[0]),
+        None,
+        "program {} left behind",
+        kids[0]
+    );
+}
+
+#[test]
+fn help_shows_push_placeholders_as_typed() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsloop"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("`{n}` is the push count"),
+        "clap must not turn {{n}} into a line break:\n{help}"
+    );
+}
