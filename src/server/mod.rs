@@ -133,6 +133,8 @@ struct HttpState {
     closing: bool,
     /// `100 Continue` was sent for the request whose body is awaited (RFC 9110 §10.1.1).
     continued: bool,
+    /// The chunked body being received: its decoder, and what it decoded so far.
+    chunked: Option<Box<(http::chunked::ChunkedDecoder, Vec<u8>)>>,
 }
 
 impl HttpState {
@@ -146,6 +148,7 @@ impl HttpState {
             out: Outbox::new(),
             closing: false,
             continued: false,
+            chunked: None,
         }
     }
 
