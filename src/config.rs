@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub close_timeout: Duration,
 
+    /// On SIGTERM/SIGINT, keep serving this long with `GET /healthz` answering 503, so that
+    /// load balancers stop sending new clients before the WebSockets are closed.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// How long a connection may take to send a whole request head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,

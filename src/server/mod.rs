@@ -161,6 +161,11 @@ impl HttpState {
         }
     }
 
+    /// Nothing under way: no request begun, nothing waiting to be sent.
+    fn idle(&self) -> bool {
+        self.partial.is_empty() && self.out.is_empty() && self.timers.is_set(Timer::Idle)
+    }
+
     /// An answer was queued: the next request may take `idle` to begin.
     fn answered(&mut self, now: Instant, idle: Duration) {
         self.timers.stop(Timer::Handshake);
@@ -226,6 +231,9 @@ pub struct Server {
     /// allocates each turn.
     working: Vec<usize>,
     signals: Option<mio::unix::pipe::Receiver>,
+    /// `--shutdown-delay`: a stop signal came; the close begins at this time.
+    draining: Option<Instant>,
+    /// The close has begun; the loop ends at this time at the latest.
     stopping: Option<Instant>,
     /// When quiet connections next give back their spare buffers.
     next_sweep: Instant,
@@ -298,6 +306,7 @@ impl Server {
             to_read: Vec::new(),
             working: Vec::new(),
             signals: None,
+            draining: None,
             stopping: None,
             next_sweep: Instant::now() + config_sweep,
             started: Instant::now(),
@@ -394,12 +403,17 @@ impl Server {
             if self.endings.iter().any(|e| now >= e.next_deadline()) {
                 self.tick_endings(now);
             }
+            if self.draining.is_some_and(|at| now >= at) {
+                self.shut_down();
+            }
             if let Some(deadline) = self.stopping {
-                // Connections that only wait for the peer's FIN have said all they had to.
-                let closing = self
-                    .clients
-                    .iter()
-                    .any(|(_, c)| !matches!(c.phase, Phase::Linger(_)));
+                // Connections that only wait for the peer's FIN have said all they had to,
+                // and so have idle HTTP connections once no WebSocket is left to drain.
+                let closing = self.clients.iter().any(|(_, c)| match &c.phase {
+                    Phase::Linger(_) => false,
+                    Phase::Http(state) => !state.idle(),
+                    Phase::WebSocket(_) => true,
+                });
                 if !closing || now >= deadline {
                     self.stop_programs();
                     self.stop_console();
@@ -428,6 +442,9 @@ impl Server {
         if let Some(at) = self.stopping {
             next = next.min(at);
         }
+        if let Some(at) = self.draining {
+            next = next.min(at);
+        }
         next
     }
 
@@ -440,7 +457,12 @@ impl Server {
                 Err(e) if self.accept_failed(&e) => continue,
                 Err(_) => return,
             };
-            if self.clients.len() >= self.config.max_connections || self.stopping.is_some() {
+            if self.stopping.is_some() {
+                info!("{peer}: refused, shutting down");
+                self.refuse_unregistered(&mut socket, HandshakeError::Unavailable);
+                continue;
+            }
+            if self.clients.len() >= self.config.max_connections {
                 info!(
                     "{peer}: refused, {} connections open (limit {})",
                     self.clients.len(),

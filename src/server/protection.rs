@@ -107,7 +107,7 @@ impl Server {
     }
 
     /// Answers a socket that never became a client, and counts the refusal.
-    fn refuse_unregistered(&mut self, socket: &mut TcpStream, e: HandshakeError) {
+    pub(super) fn refuse_unregistered(&mut self, socket: &mut TcpStream, e: HandshakeError) {
         let mut out = Vec::new();
         handshake::write_refusal(&mut out, e);
         let _ = socket.write(&out);

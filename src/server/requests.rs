@@ -155,7 +155,8 @@ impl Server {
         if let Phase::Http(state) = &mut self.clients[key].phase {
             state.continued = false;
         }
-        let keep_alive = head.keep_alive();
+        // Draining: every answer closes its connection, so a proxy reconnects elsewhere.
+        let keep_alive = head.keep_alive() && self.stopping.is_none();
         let body = &body[..];
         let path = head.path();
         let response = if let Some(name) = path.strip_prefix("/publish/") {
@@ -163,6 +164,11 @@ impl Server {
         } else if path == "/stats" {
             match head.method {
                 "GET" | "HEAD" => json_response(200, self.stats_json()),
+                _ => method_not_allowed("GET, HEAD"),
+            }
+        } else if path == "/healthz" {
+            match head.method {
+                "GET" | "HEAD" => self.health(),
                 _ => method_not_allowed("GET, HEAD"),
             }
         } else if path == "/metrics" {
@@ -232,6 +238,18 @@ impl Server {
                 Err(e)
             }
         }
+    }
+
+    /// `GET /healthz`: 200 while accepting, 503 from the moment shutdown begins, so that a
+    /// load balancer takes the node out before it stops.
+    fn health(&self) -> Response {
+        let mut r = if self.shutting_down() {
+            Response::text(503, "shutting down")
+        } else {
+            Response::text(200, "ok")
+        };
+        r.headers.push(("Cache-Control", "no-cache".into()));
+        r
     }
 
     /// `POST /publish/NAME`: the body goes to every member of the room as one message.
@@ -392,6 +410,11 @@ impl Server {
 
     /// Checks an upgrade request; on success the client becomes a WebSocket with the 101 queued.
     pub(super) fn upgrade(&mut self, key: usize, head: &Head<'_>) -> bool {
+        if self.stopping.is_some() {
+            // A keep-alive connection asking to upgrade during the drain.
+            self.refuse(key, HandshakeError::Unavailable);
+            return false;
+        }
         let accepted = self
             .route_for(head.path())
             .ok_or(HandshakeError::UnknownPath)
