@@ -67,6 +67,12 @@ pub struct Config {
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
 
+    /// Reverse proxies (repeatable; an address or block such as 10.0.0.0/8): only from these
+    /// peers do `Forwarded` / `X-Forwarded-For` give the client's address and
+    /// `X-Forwarded-Proto` / `proto=` the scheme the Origin check expects.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = crate::forwarded::parse_cidr)]
+    pub trusted_proxies: Vec<crate::forwarded::Cidr>,
+
     /// Most connections open at once from one address; over it, new ones get 429 (default off).
     #[arg(long, value_name = "N")]
     pub max_per_ip: Option<usize>,

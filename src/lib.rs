@@ -13,6 +13,7 @@ pub mod console;
 pub mod deflate;
 pub mod error;
 pub mod exec;
+pub mod forwarded;
 pub mod frame;
 pub mod handshake;
 pub mod http;

@@ -59,7 +59,11 @@ const READS_PER_TURN: usize = 8;
 /// One client connection as the loop sees it.
 struct Client {
     socket: TcpStream,
+    /// The client's address: the TCP peer's, or the one a trusted proxy forwarded for the
+    /// request being served (`--trusted-proxy`).
     peer: SocketAddr,
+    /// The TCP peer itself.
+    tcp_peer: SocketAddr,
     /// Distinguishes this client from a later one that reuses the slab key (for timers).
     serial: u64,
     phase: Phase,
@@ -492,6 +496,7 @@ impl Server {
             entry.insert(Client {
                 socket,
                 peer,
+                tcp_peer: peer,
                 serial: self.serial,
                 phase: Phase::Http(Box::new(HttpState::new(
                     self.now,

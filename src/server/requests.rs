@@ -50,9 +50,11 @@ impl Server {
                         self.refuse(key, HandshakeError::MissingHost);
                         break None;
                     }
-                    let checked = target::parse(head.method, head.target)
-                        .map_err(HandshakeError::BadTarget)
-                        .and_then(|t| self.check_origin(self.clients[key].peer, &head, &t));
+                    let checked = self.forwarded_client(key, &head).and_then(|scheme| {
+                        let t = target::parse(head.method, head.target)
+                            .map_err(HandshakeError::BadTarget)?;
+                        self.check_origin(self.clients[key].peer, &head, &t, scheme)
+                    });
                     if let Err(e) = checked {
                         self.refuse(key, e);
                         break None;
