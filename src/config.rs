@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::deflate::DeflateMode;
+use crate::logging::{AccessLog, LogFormat};
 
 /// What to do with a receiver that fan-out would take past `--max-backlog`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,6 +86,16 @@ pub struct Config {
     /// load balancers stop sending new clients before the WebSockets are closed.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+
+    /// Log lines as `text` or as `json` (one object per line: time, level, target, peer,
+    /// message and the event's fields). `RUST_LOG` sets the level.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// One `info` line per HTTP request and per finished WebSocket session (peer, path,
+    /// status or close code, duration, bytes in and out), under the target `wsloop::access`.
+    #[arg(long, value_enum, default_value_t = AccessLog::On)]
+    pub access_log: AccessLog,
 
     /// How long a connection may take to send a whole request head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -86,3 +86,147 @@ fn shutdown_delay_keeps_serving_with_healthz_503_then_closes() {
     }
     wait_exit(&mut server, Duration::from_secs(10));
 }
+
+/// A file in a scratch folder of this test process.
+fn scratch_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsloop-service-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn wsloop(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wsloop"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_config_file_sets_flags_and_the_command_line_wins() {
+    let path = scratch_file(
+        "run.toml",
+        "# a service's settings\nroom-echo = true\nmax_message_size = \"1KiB\"\n\
+         publish-token = \"sekrit\"\n",
+    );
+    let path = path.to_str().unwrap();
+    let server = TestServer::start(&["--config", path, "--max-message-size", "2KiB"]);
+    // room-echo from the file: the sender gets its own message back.
+    let mut a = server.ws_raw("/room/cfg");
+    let payload = vec![b'x'; 1536];
+    a.write_all(&frame(true, 2, &payload)).unwrap();
+    assert_eq!(
+        read_frame(&mut a).unwrap().2,
+        payload,
+        "echoed: 2KiB won over 1KiB"
+    );
+    a.write_all(&frame(true, 2, &vec![b'y'; 3000])).unwrap();
+    assert_eq!(read_close_code(&mut a), Some(1009));
+    // publish-token from the file.
+    let mut s = server.connect();
+    s.write_all(b"POST /publish/cfg HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz")
+        .unwrap();
+    assert_eq!(status(&read_head(&mut s)), 401);
+}
+
+#[test]
+fn a_bad_key_or_value_in_the_config_file_is_an_error_naming_both() {
+    for (text, key) in [
+        ("max-mesage-size = \"1KiB\"\n", "max-mesage-size"),
+        ("ping-interval = \"soon\"\n", "ping-interval"),
+    ] {
+        let path = scratch_file("bad.toml", text);
+        let path = path.to_str().unwrap();
+        let out = wsloop(&["--config", path, "--port", "0"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(path) && err.contains(&format!("key `{key}`")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn print_config_shows_the_effective_settings_with_secrets_masked() {
+    let path = scratch_file("print.toml", "publish-token = \"sekrit\"\nport = 9555\n");
+    let out = wsloop(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--print-config",
+        "--room-echo",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let table: toml::Table = text.parse().expect("TOML");
+    assert_eq!(table["port"].as_integer(), Some(9555));
+    assert_eq!(table["room-echo"].as_bool(), Some(true));
+    assert_eq!(table["max-message-size"].as_str(), Some("16MiB"));
+    assert_eq!(table["publish-token"].as_str(), Some("********"));
+    assert!(!text.contains("sekrit"));
+}
+
+/// Every stderr line so far, parsed as JSON (each must be).
+fn json_lines(server: &TestServer) -> Vec<serde_json::Value> {
+    let log = server.log.lock().unwrap().clone();
+    log.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn json_logs_parse_back_with_access_lines_for_requests_and_sessions() {
+    let server = TestServer::start(&["--log-format", "json"]);
+    let mut s = server.connect();
+    get(&mut s, "/healthz?probe=\"1\"");
+    let mut ws = server.ws_raw("/echo");
+    ws.write_all(&frame(true, 1, b"hi")).unwrap();
+    read_frame(&mut ws).unwrap();
+    ws.write_all(&frame(true, 8, &1000u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(read_close_code(&mut ws), Some(1000));
+    assert!(server.wait_log("\"close_code\":1000"));
+    let lines = json_lines(&server);
+    for l in &lines {
+        for field in ["time", "level", "target", "message"] {
+            assert!(l[field].is_string(), "{field} in {l}");
+        }
+    }
+    let http = lines
+        .iter()
+        .find(|l| l["target"] == "wsloop::access" && l["status"] == 200)
+        .expect("an access line for the request");
+    assert_eq!(http["path"], "/healthz?probe=\"1\"");
+    assert_eq!(http["method"], "GET");
+    assert!(http["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(http["bytes_in"].as_u64().unwrap() > 20);
+    assert!(http["bytes_out"].as_u64().unwrap() > 20);
+    assert!(http["duration_ms"].is_u64());
+    let session = lines
+        .iter()
+        .find(|l| l["target"] == "wsloop::access" && l["websocket"] == true)
+        .expect("an access line for the session");
+    assert_eq!(session["path"], "/echo");
+    assert_eq!(session["close_code"], 1000);
+    assert!(session["bytes_in"].as_u64().unwrap() > 150);
+    // Other lines have their peer split off into its own field.
+    assert!(lines
+        .iter()
+        .any(|l| l["target"] != "wsloop::access" && l["peer"].is_string()));
+}
+
+#[test]
+fn access_log_off_leaves_requests_unlogged() {
+    let server = TestServer::start(&["--access-log", "off"]);
+    let mut s = server.connect();
+    get(&mut s, "/healthz");
+    // The debug line of the same request shows it was served.
+    assert!(server.wait_log("GET /healthz -> 200"));
+    assert!(!server.log.lock().unwrap().contains("wsloop::access"));
+    let on = TestServer::start(&[]);
+    get(&mut on.connect(), "/healthz");
+    assert!(on.wait_log("\"GET /healthz\" 200"));
+}

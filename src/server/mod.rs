@@ -31,6 +31,7 @@ use crate::outbox::{Outbox, SharedFrame};
 use crate::room::{self, Rooms};
 use crate::timer::{Timer, TimerTable};
 
+mod access;
 mod messaging;
 mod programs;
 mod protection;
@@ -81,6 +82,9 @@ struct Client {
     peer_closed: bool,
     /// Fan-out messages skipped because this client was not reading (`--slow-consumer drop`).
     slow_dropped: u64,
+    /// Bytes read from and written to the socket, for the access log.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Client {
@@ -137,6 +141,10 @@ struct HttpState {
     closing: bool,
     /// `100 Continue` was sent for the request whose body is awaited (RFC 9110 §10.1.1).
     continued: bool,
+    /// The request being answered, for its access line.
+    request: Option<access::Request>,
+    /// When the request being received began (its first byte, or the previous answer).
+    started: Instant,
     /// The chunked body being received: its decoder, and what it decoded so far.
     chunked: Option<Box<(http::chunked::ChunkedDecoder, Vec<u8>)>>,
 }
@@ -153,6 +161,8 @@ impl HttpState {
             closing: false,
             continued: false,
             chunked: None,
+            request: None,
+            started: now,
         }
     }
 
@@ -160,6 +170,7 @@ impl HttpState {
     /// which must be complete within `handshake` (slowloris).
     fn heard(&mut self, now: Instant, handshake: Duration) {
         if self.timers.is_set(Timer::Idle) {
+            self.started = now;
             self.timers.stop(Timer::Idle);
             self.timers.set(Timer::Handshake, now + handshake);
         }
@@ -172,6 +183,7 @@ impl HttpState {
 
     /// An answer was queued: the next request may take `idle` to begin.
     fn answered(&mut self, now: Instant, idle: Duration) {
+        self.started = now;
         self.timers.stop(Timer::Handshake);
         self.timers.set(Timer::Idle, now + idle);
     }
@@ -187,6 +199,9 @@ struct WebSocket {
     program: Option<Box<Program>>,
     /// The program's stdout is left unread until the client drains its backlog to half.
     stdout_held: bool,
+    /// The upgrade's path and time, for the session's access line.
+    path: Box<str>,
+    opened: Instant,
 }
 
 /// What a WebSocket connection is for, chosen by the path of its upgrade request.
@@ -508,6 +523,8 @@ impl Server {
                 paused: false,
                 peer_closed: false,
                 slow_dropped: 0,
+                bytes_in: 0,
+                bytes_out: 0,
             });
             self.arm(key);
             self.count_peer(peer);
@@ -566,6 +583,7 @@ impl Server {
                     break;
                 }
             };
+            client.bytes_in += n as u64;
             if direct {
                 client.active = true;
                 self.ws_appended(key, n);
@@ -659,6 +677,7 @@ impl Server {
                 Phase::Http(state) => {
                     let before = state.out.len();
                     let r = state.out.flush_to(&mut client.socket);
+                    client.bytes_out += (before - state.out.len()) as u64;
                     let (progressed, pending) = (state.out.len() < before, !state.out.is_empty());
                     let send = self.config.send_timeout;
                     state.timers.output_flushed(now, progressed, pending, send);
@@ -667,6 +686,7 @@ impl Server {
                 Phase::WebSocket(ws) => {
                     let before = ws.conn.out.len();
                     let r = ws.conn.out.flush_to(&mut client.socket);
+                    client.bytes_out += (before - ws.conn.out.len()) as u64;
                     let progressed = ws.conn.out.len() < before;
                     ws.conn.flushed(now, progressed);
                     r.map(|all| (all, ws.conn.state() == State::Closed))
@@ -717,9 +737,10 @@ impl Server {
             return self.end(key);
         }
         let peer = client.peer;
+        let traffic = (client.bytes_in, client.bytes_out);
         let until = Phase::Linger(self.now + self.config.close_timeout);
         if let Phase::WebSocket(ws) = mem::replace(&mut client.phase, until) {
-            self.retire(key, peer, ws);
+            self.retire(key, peer, traffic, ws);
         }
     }
 
@@ -845,13 +866,15 @@ impl Server {
         }
         self.release_peer(client.peer);
         if let Phase::WebSocket(ws) = client.phase {
-            self.retire(key, client.peer, ws);
+            self.retire(key, client.peer, (client.bytes_in, client.bytes_out), ws);
         }
     }
 
     /// A WebSocket is over (ended, or only waiting for the peer's FIN): it leaves its room,
     /// and its program, if still running, is told to end and is reaped later.
-    fn retire(&mut self, key: usize, peer: SocketAddr, ws: Box<WebSocket>) {
+    /// `traffic`: the connection's bytes in and out, for the access line.
+    fn retire(&mut self, key: usize, peer: SocketAddr, traffic: (u64, u64), ws: Box<WebSocket>) {
+        self.access_websocket(peer, traffic, &ws);
         let WebSocket {
             conn,
             route,

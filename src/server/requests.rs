@@ -42,6 +42,7 @@ impl Server {
                     break None;
                 }
                 Ok(HeadStatus::Complete(head, n)) => {
+                    self.begin_request(key, &head, n);
                     // RFC 9112 §3.2: "A server MUST respond with a 400 … to any HTTP/1.1
                     // request message that lacks a Host header field and to any request
                     // message that contains more than one Host header field".
@@ -156,6 +157,9 @@ impl Server {
         };
         if let Phase::Http(state) = &mut self.clients[key].phase {
             state.continued = false;
+            if let Some(r) = &mut state.request {
+                r.bytes_in += used as u64;
+            }
         }
         // Draining: every answer closes its connection, so a proxy reconnects elsewhere.
         let keep_alive = head.keep_alive() && self.stopping.is_none();
@@ -366,8 +370,14 @@ impl Server {
         let Phase::Http(state) = &mut client.phase else {
             return;
         };
+        let before = state.out.len();
         response.write_to(state.out.buf(), head_only, keep_alive);
         state.out.commit();
+        let written = state.out.len() - before;
+        self.access_http(key, response.status, written);
+        let Phase::Http(state) = &mut self.clients[key].phase else {
+            return;
+        };
         if !keep_alive {
             state.closing = true;
             state.partial = Vec::new();
@@ -384,8 +394,14 @@ impl Server {
         let Phase::Http(state) = &mut client.phase else {
             return;
         };
+        let before = state.out.len();
         handshake::write_refusal(state.out.buf(), e);
         state.out.commit();
+        let written = state.out.len() - before;
+        self.access_http(key, e.status(), written);
+        let Phase::Http(state) = &mut self.clients[key].phase else {
+            return;
+        };
         state.closing = true;
         state.partial = Vec::new();
         self.queue_flush(key);
@@ -460,6 +476,7 @@ impl Server {
         } else {
             0
         };
+        client.bytes_out += sent as u64;
         if sent < self.scratch.len() {
             conn.out.push(&self.scratch[sent..]);
         }
@@ -473,6 +490,8 @@ impl Server {
             large: false,
             program,
             stdout_held: false,
+            path: head.path().into(),
+            opened: self.now,
         }));
         self.queue_flush(key);
         if let Route::Room(name) = &route {
