@@ -230,3 +230,35 @@ fn access_log_off_leaves_requests_unlogged() {
     get(&mut on.connect(), "/healthz");
     assert!(on.wait_log("\"GET /healthz\" 200"));
 }
+
+#[test]
+fn stats_lists_the_top_rooms_largest_first_and_keeps_its_keys() {
+    let server = TestServer::start(&[]);
+    let mut members = Vec::new();
+    for (room, n) in [("small", 1), ("big", 3), ("mid", 2)] {
+        for _ in 0..n {
+            members.push(server.ws_raw(&format!("/room/{room}")));
+        }
+    }
+    let mut s = server.connect();
+    let (_, body) = get(&mut s, "/stats");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        stats["top_rooms"],
+        serde_json::json!([["big", 3], ["mid", 2], ["small", 1]])
+    );
+    assert_eq!(stats["room_count"], 3);
+    assert_eq!(stats["rooms"]["mid"], 2);
+    for key in [
+        "connections",
+        "websockets",
+        "http",
+        "closing",
+        "messages_in",
+        "bytes_out",
+        "refused",
+        "refused_total",
+    ] {
+        assert!(!stats[key].is_null(), "{key} in {body}");
+    }
+}

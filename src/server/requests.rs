@@ -338,9 +338,20 @@ impl Server {
             let _ = write!(rooms, "{sep}\"{name}\":{n}");
         }
         let s = &self.stats;
+        let g = self.gauges();
+        let mut top = String::new();
+        for (i, (name, n)) in self.top_rooms(TOP_ROOMS).into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(top, "{sep}[\"{name}\",{n}]");
+        }
+        let refused_total: u64 = s.refused.iter().map(|(_, n)| n).sum();
         format!(
-            "{{\"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{},\
+            "{{\"http\":{},\"closing\":{},\"room_count\":{},\"top_rooms\":[{top}],\"refused_total\":{refused_total},\
+             \"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{},\
              \"slow_closed\":{},\"dropped\":{},\"ping_timeouts\":{},\"send_timeouts\":{},\"accept_errors\":{},\"console_dropped\":{},\"refused\":{},\"closes\":{}}}",
+            g.http,
+            g.closing,
+            g.rooms,
             self.clients.len(),
             s.messages_in,
             s.bytes_in,
@@ -357,6 +368,19 @@ impl Server {
             stats::json_counts(&s.refused),
             stats::json_counts(&s.closes),
         )
+    }
+
+    /// The `n` largest rooms, largest first (ties by name): what a dashboard can show of
+    /// thousands of rooms.
+    fn top_rooms(&self, n: usize) -> Vec<(&str, usize)> {
+        let mut all: Vec<(&str, usize)> = self.rooms.sizes().collect();
+        let by_size = |a: &(&str, usize), b: &(&str, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+        if all.len() > n {
+            all.select_nth_unstable_by(n, by_size);
+            all.truncate(n);
+        }
+        all.sort_unstable_by(by_size);
+        all
     }
 
     pub(super) fn respond(
@@ -503,6 +527,9 @@ impl Server {
         true
     }
 }
+
+/// Rooms listed in `/stats` `top_rooms`.
+const TOP_ROOMS: usize = 10;
 
 fn json_response(status: u16, body: String) -> Response {
     Response {
