@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::deflate::DeflateMode;
+use crate::logging::{AccessLog, LogFormat};
 
 /// What to do with a receiver that fan-out would take past `--max-backlog`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -67,6 +68,12 @@ pub struct Config {
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
 
+    /// Reverse proxies (repeatable; an address or block such as 10.0.0.0/8): only from these
+    /// peers do `Forwarded` / `X-Forwarded-For` give the client's address and
+    /// `X-Forwarded-Proto` / `proto=` the scheme the Origin check expects.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = crate::forwarded::parse_cidr)]
+    pub trusted_proxies: Vec<crate::forwarded::Cidr>,
+
     /// Most connections open at once from one address; over it, new ones get 429 (default off).
     #[arg(long, value_name = "N")]
     pub max_per_ip: Option<usize>,
@@ -74,6 +81,21 @@ pub struct Config {
     /// How long to wait for the peer's close frame (and then its FIN) once we closed.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub close_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, keep serving this long with `GET /healthz` answering 503, so that
+    /// load balancers stop sending new clients before the WebSockets are closed.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// Log lines as `text` or as `json` (one object per line: time, level, target, peer,
+    /// message and the event's fields). `RUST_LOG` sets the level.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// One `info` line per HTTP request and per finished WebSocket session (peer, path,
+    /// status or close code, duration, bytes in and out), under the target `wsloop::access`.
+    #[arg(long, value_enum, default_value_t = AccessLog::On)]
+    pub access_log: AccessLog,
 
     /// How long a connection may take to send a whole request head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 
+pub use crate::http::chunked::ChunkedError;
 pub use crate::origin::OriginError;
 pub use crate::target::TargetError;
 
@@ -146,6 +147,15 @@ pub enum HandshakeError {
     OriginRefused(OriginError),
     /// `--max-per-ip`: the address has as many connections open as it may (RFC 6585 §4).
     TooManyFromAddress,
+    /// RFC 9112 §7.1: a chunked body that breaks the coding, or decodes past the body limit.
+    BadChunkedBody(ChunkedError),
+    /// RFC 9112 §6.1: a transfer coding other than `chunked`, which is all this server decodes.
+    UnsupportedTransferCoding,
+    /// RFC 9112 §6.1: `chunked` missing from the end or given twice, or any Transfer-Encoding
+    /// in an HTTP/1.0 request: the body cannot be framed.
+    BadTransferEncoding,
+    /// RFC 9112 §6.3: Transfer-Encoding and Content-Length together (a smuggling attempt).
+    LengthAndChunked,
 }
 
 impl HandshakeError {
@@ -160,6 +170,8 @@ impl HandshakeError {
             ProgramFailed => 500,
             OriginRefused(_) => 403,
             TooManyFromAddress => 429,
+            BadChunkedBody(e) => e.status(),
+            UnsupportedTransferCoding => 501,
             BadTarget(_)
             | MalformedHead
             | BadContentLength
@@ -168,7 +180,9 @@ impl HandshakeError {
             | MissingHost
             | MissingUpgrade
             | MissingConnectionUpgrade
-            | BadKey => 400,
+            | BadKey
+            | BadTransferEncoding
+            | LengthAndChunked => 400,
         }
     }
 }
@@ -179,6 +193,10 @@ impl fmt::Display for HandshakeError {
         f.write_str(match self {
             BadTarget(e) => return e.fmt(f),
             OriginRefused(e) => return e.fmt(f),
+            BadChunkedBody(e) => return e.fmt(f),
+            UnsupportedTransferCoding => "only the chunked transfer coding is supported",
+            BadTransferEncoding => "Transfer-Encoding must end in one \"chunked\" (HTTP/1.1 only)",
+            LengthAndChunked => "Transfer-Encoding and Content-Length together",
             MalformedHead => "malformed HTTP request head",
             HeadTooLarge => "request head too large",
             NotGet => "WebSocket upgrade must use GET",

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod chunked;
+
 /// The web root compiled in by `build.rs` from `www/`.
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/www_files.rs"));

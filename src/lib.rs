@@ -8,14 +8,17 @@
 
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod connection;
 pub mod console;
 pub mod deflate;
 pub mod error;
 pub mod exec;
+pub mod forwarded;
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod logging;
 pub mod origin;
 pub mod outbox;
 pub mod room;

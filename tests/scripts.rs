@@ -74,6 +74,7 @@ fn every_script_has_a_test() {
         "push.sh",
         "counter.sh",
         "load.sh",
+        "config-example.sh",
     ];
     let skipped = ["lib.sh", "autobahn.sh", "fuzz.sh", "bench-keepalive.sh"];
     for entry in std::fs::read_dir(dir).expect("scripts/") {
@@ -116,4 +117,9 @@ fn counter() {
 #[test]
 fn load() {
     run_script("load.sh");
+}
+
+#[test]
+fn config_example() {
+    run_script("config-example.sh");
 }

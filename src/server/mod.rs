@@ -31,6 +31,7 @@ use crate::outbox::{Outbox, SharedFrame};
 use crate::room::{self, Rooms};
 use crate::timer::{Timer, TimerTable};
 
+mod access;
 mod messaging;
 mod programs;
 mod protection;
@@ -59,7 +60,11 @@ const READS_PER_TURN: usize = 8;
 /// One client connection as the loop sees it.
 struct Client {
     socket: TcpStream,
+    /// The client's address: the TCP peer's, or the one a trusted proxy forwarded for the
+    /// request being served (`--trusted-proxy`).
     peer: SocketAddr,
+    /// The TCP peer itself.
+    tcp_peer: SocketAddr,
     /// Distinguishes this client from a later one that reuses the slab key (for timers).
     serial: u64,
     phase: Phase,
@@ -77,6 +82,9 @@ struct Client {
     peer_closed: bool,
     /// Fan-out messages skipped because this client was not reading (`--slow-consumer drop`).
     slow_dropped: u64,
+    /// Bytes read from and written to the socket, for the access log.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Client {
@@ -133,6 +141,12 @@ struct HttpState {
     closing: bool,
     /// `100 Continue` was sent for the request whose body is awaited (RFC 9110 §10.1.1).
     continued: bool,
+    /// The request being answered, for its access line.
+    request: Option<access::Request>,
+    /// When the request being received began (its first byte, or the previous answer).
+    started: Instant,
+    /// The chunked body being received: its decoder, and what it decoded so far.
+    chunked: Option<Box<(http::chunked::ChunkedDecoder, Vec<u8>)>>,
 }
 
 impl HttpState {
@@ -146,6 +160,9 @@ impl HttpState {
             out: Outbox::new(),
             closing: false,
             continued: false,
+            chunked: None,
+            request: None,
+            started: now,
         }
     }
 
@@ -153,13 +170,20 @@ impl HttpState {
     /// which must be complete within `handshake` (slowloris).
     fn heard(&mut self, now: Instant, handshake: Duration) {
         if self.timers.is_set(Timer::Idle) {
+            self.started = now;
             self.timers.stop(Timer::Idle);
             self.timers.set(Timer::Handshake, now + handshake);
         }
     }
 
+    /// Nothing under way: no request begun, nothing waiting to be sent.
+    fn idle(&self) -> bool {
+        self.partial.is_empty() && self.out.is_empty() && self.timers.is_set(Timer::Idle)
+    }
+
     /// An answer was queued: the next request may take `idle` to begin.
     fn answered(&mut self, now: Instant, idle: Duration) {
+        self.started = now;
         self.timers.stop(Timer::Handshake);
         self.timers.set(Timer::Idle, now + idle);
     }
@@ -175,6 +199,9 @@ struct WebSocket {
     program: Option<Box<Program>>,
     /// The program's stdout is left unread until the client drains its backlog to half.
     stdout_held: bool,
+    /// The upgrade's path and time, for the session's access line.
+    path: Box<str>,
+    opened: Instant,
 }
 
 /// What a WebSocket connection is for, chosen by the path of its upgrade request.
@@ -223,6 +250,9 @@ pub struct Server {
     /// allocates each turn.
     working: Vec<usize>,
     signals: Option<mio::unix::pipe::Receiver>,
+    /// `--shutdown-delay`: a stop signal came; the close begins at this time.
+    draining: Option<Instant>,
+    /// The close has begun; the loop ends at this time at the latest.
     stopping: Option<Instant>,
     /// When quiet connections next give back their spare buffers.
     next_sweep: Instant,
@@ -295,6 +325,7 @@ impl Server {
             to_read: Vec::new(),
             working: Vec::new(),
             signals: None,
+            draining: None,
             stopping: None,
             next_sweep: Instant::now() + config_sweep,
             started: Instant::now(),
@@ -391,12 +422,17 @@ impl Server {
             if self.endings.iter().any(|e| now >= e.next_deadline()) {
                 self.tick_endings(now);
             }
+            if self.draining.is_some_and(|at| now >= at) {
+                self.shut_down();
+            }
             if let Some(deadline) = self.stopping {
-                // Connections that only wait for the peer's FIN have said all they had to.
-                let closing = self
-                    .clients
-                    .iter()
-                    .any(|(_, c)| !matches!(c.phase, Phase::Linger(_)));
+                // Connections that only wait for the peer's FIN have said all they had to,
+                // and so have idle HTTP connections once no WebSocket is left to drain.
+                let closing = self.clients.iter().any(|(_, c)| match &c.phase {
+                    Phase::Linger(_) => false,
+                    Phase::Http(state) => !state.idle(),
+                    Phase::WebSocket(_) => true,
+                });
                 if !closing || now >= deadline {
                     self.stop_programs();
                     self.stop_console();
@@ -425,6 +461,9 @@ impl Server {
         if let Some(at) = self.stopping {
             next = next.min(at);
         }
+        if let Some(at) = self.draining {
+            next = next.min(at);
+        }
         next
     }
 
@@ -437,7 +476,12 @@ impl Server {
                 Err(e) if self.accept_failed(&e) => continue,
                 Err(_) => return,
             };
-            if self.clients.len() >= self.config.max_connections || self.stopping.is_some() {
+            if self.stopping.is_some() {
+                info!("{peer}: refused, shutting down");
+                self.refuse_unregistered(&mut socket, HandshakeError::Unavailable);
+                continue;
+            }
+            if self.clients.len() >= self.config.max_connections {
                 info!(
                     "{peer}: refused, {} connections open (limit {})",
                     self.clients.len(),
@@ -467,6 +511,7 @@ impl Server {
             entry.insert(Client {
                 socket,
                 peer,
+                tcp_peer: peer,
                 serial: self.serial,
                 phase: Phase::Http(Box::new(HttpState::new(
                     self.now,
@@ -478,6 +523,8 @@ impl Server {
                 paused: false,
                 peer_closed: false,
                 slow_dropped: 0,
+                bytes_in: 0,
+                bytes_out: 0,
             });
             self.arm(key);
             self.count_peer(peer);
@@ -536,6 +583,7 @@ impl Server {
                     break;
                 }
             };
+            client.bytes_in += n as u64;
             if direct {
                 client.active = true;
                 self.ws_appended(key, n);
@@ -629,6 +677,7 @@ impl Server {
                 Phase::Http(state) => {
                     let before = state.out.len();
                     let r = state.out.flush_to(&mut client.socket);
+                    client.bytes_out += (before - state.out.len()) as u64;
                     let (progressed, pending) = (state.out.len() < before, !state.out.is_empty());
                     let send = self.config.send_timeout;
                     state.timers.output_flushed(now, progressed, pending, send);
@@ -637,6 +686,7 @@ impl Server {
                 Phase::WebSocket(ws) => {
                     let before = ws.conn.out.len();
                     let r = ws.conn.out.flush_to(&mut client.socket);
+                    client.bytes_out += (before - ws.conn.out.len()) as u64;
                     let progressed = ws.conn.out.len() < before;
                     ws.conn.flushed(now, progressed);
                     r.map(|all| (all, ws.conn.state() == State::Closed))
@@ -687,9 +737,10 @@ impl Server {
             return self.end(key);
         }
         let peer = client.peer;
+        let traffic = (client.bytes_in, client.bytes_out);
         let until = Phase::Linger(self.now + self.config.close_timeout);
         if let Phase::WebSocket(ws) = mem::replace(&mut client.phase, until) {
-            self.retire(key, peer, ws);
+            self.retire(key, peer, traffic, ws);
         }
     }
 
@@ -815,13 +866,15 @@ impl Server {
         }
         self.release_peer(client.peer);
         if let Phase::WebSocket(ws) = client.phase {
-            self.retire(key, client.peer, ws);
+            self.retire(key, client.peer, (client.bytes_in, client.bytes_out), ws);
         }
     }
 
     /// A WebSocket is over (ended, or only waiting for the peer's FIN): it leaves its room,
     /// and its program, if still running, is told to end and is reaped later.
-    fn retire(&mut self, key: usize, peer: SocketAddr, ws: Box<WebSocket>) {
+    /// `traffic`: the connection's bytes in and out, for the access line.
+    fn retire(&mut self, key: usize, peer: SocketAddr, traffic: (u64, u64), ws: Box<WebSocket>) {
+        self.access_websocket(peer, traffic, &ws);
         let WebSocket {
             conn,
             route,

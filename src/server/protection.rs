@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::error::io_message;
+use crate::forwarded;
 use crate::origin::{self, OriginError, OriginPolicy};
 use crate::target::Target;
 
@@ -68,6 +69,10 @@ impl Server {
         let Some(max) = self.config.max_per_ip else {
             return false;
         };
+        if self.is_trusted_proxy(peer) {
+            // Counted under the client's address once its request says who that is.
+            return false;
+        }
         let open = self
             .protection
             .per_ip
@@ -107,7 +112,7 @@ impl Server {
     }
 
     /// Answers a socket that never became a client, and counts the refusal.
-    fn refuse_unregistered(&mut self, socket: &mut TcpStream, e: HandshakeError) {
+    pub(super) fn refuse_unregistered(&mut self, socket: &mut TcpStream, e: HandshakeError) {
         let mut out = Vec::new();
         handshake::write_refusal(&mut out, e);
         let _ = socket.write(&out);
@@ -176,6 +181,60 @@ impl Server {
         }
     }
 
+    pub(super) fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip();
+        self.config.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
+    /// `--trusted-proxy`: the client a request from a trusted proxy is for becomes the
+    /// connection's peer (logs, `--max-per-ip`, `REMOTE_ADDR`), per request since a proxy
+    /// reuses its connections for many clients. Returns the scheme the client used, for the
+    /// Origin check, or the refusal when the client's address is over `--max-per-ip`.
+    pub(super) fn forwarded_client(
+        &mut self,
+        key: usize,
+        head: &Head<'_>,
+    ) -> Result<&'static str, HandshakeError> {
+        let tcp_peer = self.clients[key].tcp_peer;
+        if !self.is_trusted_proxy(tcp_peer) {
+            return Ok(SCHEME);
+        }
+        let values = |name| head.values(name).collect::<Vec<_>>();
+        let (fwd, xff, xfp) = (
+            values("Forwarded"),
+            values("X-Forwarded-For"),
+            values("X-Forwarded-Proto"),
+        );
+        let headers = forwarded::Headers {
+            forwarded: &fwd,
+            x_forwarded_for: &xff,
+            x_forwarded_proto: &xfp,
+        };
+        let found = forwarded::client(tcp_peer, &self.config.trusted_proxies, &headers);
+        let old = self.clients[key].peer;
+        if found.addr != old {
+            debug!("{tcp_peer}: forwarded for {}", found.addr);
+            self.release_peer(old);
+            self.clients[key].peer = found.addr;
+            if let Some(max) = self.config.max_per_ip {
+                let open = self.protection.per_ip.get(&address(found.addr)).copied();
+                if open.unwrap_or(0) >= max {
+                    info!(
+                        "{}: refused, {} connections open from {} (--max-per-ip {max})",
+                        found.addr,
+                        open.unwrap_or(0),
+                        address(found.addr)
+                    );
+                    // Counted, so that the release when the connection ends balances.
+                    self.count_peer(found.addr);
+                    return Err(HandshakeError::TooManyFromAddress);
+                }
+            }
+            self.count_peer(found.addr);
+        }
+        Ok(found.proto.unwrap_or(SCHEME))
+    }
+
     /// The `Origin` check for upgrades and `POST /publish` (the two things a hostile page
     /// could make a visitor's browser do here); logs a refusal with the flag that allows it.
     pub(super) fn check_origin(
@@ -183,6 +242,7 @@ impl Server {
         peer: SocketAddr,
         head: &Head<'_>,
         target: &Target<'_>,
+        scheme: &str,
     ) -> Result<(), HandshakeError> {
         let guarded = head.wants_websocket()
             || (head.method == "POST" && target.path.starts_with("/publish/"));
@@ -199,7 +259,7 @@ impl Server {
             .map(str::as_bytes)
             .or_else(|| head.get("Host"))
             .unwrap_or_default();
-        let Err(e) = origin::check(&origins, host, SCHEME, &self.protection.origins) else {
+        let Err(e) = origin::check(&origins, host, scheme, &self.protection.origins) else {
             return Ok(());
         };
         let shown = String::from_utf8_lossy(origins[0]);

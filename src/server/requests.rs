@@ -2,6 +2,8 @@
 //! endpoints (`/publish`, `/stats`, static files), and the upgrade itself.
 
 use super::*;
+use crate::error::ChunkedError;
+use crate::http::chunked::{self, ChunkedDecoder};
 use crate::target;
 
 impl Server {
@@ -26,6 +28,9 @@ impl Server {
         }
         let buf: &mut [u8] = if from_kept { &mut kept } else { &mut *data };
         let mut at = 0;
+        // Bytes of a chunked body already decoded into the request's state, to leave out of
+        // what is kept (so a long body is neither kept twice nor decoded twice).
+        let mut decoded: Option<std::ops::Range<usize>> = None;
         let keep_from = loop {
             if at == buf.len() {
                 break None;
@@ -37,6 +42,7 @@ impl Server {
                     break None;
                 }
                 Ok(HeadStatus::Complete(head, n)) => {
+                    self.begin_request(key, &head, n);
                     // RFC 9112 §3.2: "A server MUST respond with a 400 … to any HTTP/1.1
                     // request message that lacks a Host header field and to any request
                     // message that contains more than one Host header field".
@@ -45,9 +51,11 @@ impl Server {
                         self.refuse(key, HandshakeError::MissingHost);
                         break None;
                     }
-                    let checked = target::parse(head.method, head.target)
-                        .map_err(HandshakeError::BadTarget)
-                        .and_then(|t| self.check_origin(self.clients[key].peer, &head, &t));
+                    let checked = self.forwarded_client(key, &head).and_then(|scheme| {
+                        let t = target::parse(head.method, head.target)
+                            .map_err(HandshakeError::BadTarget)?;
+                        self.check_origin(self.clients[key].peer, &head, &t, scheme)
+                    });
                     if let Err(e) = checked {
                         self.refuse(key, e);
                         break None;
@@ -56,8 +64,12 @@ impl Server {
                         Step::Upgrade(self.upgrade(key, &head), n)
                     } else {
                         match self.http_request(key, &head, &buf[at + n..]) {
-                            Some(used) => Step::Next(n + used),
-                            None => break Some(at),
+                            BodyRead::Used(used) => Step::Next(n + used),
+                            BodyRead::Wait => break Some(at),
+                            BodyRead::Decoded(k) => {
+                                decoded = Some(at + n..at + n + k);
+                                break Some(at);
+                            }
                         }
                     }
                 }
@@ -87,66 +99,71 @@ impl Server {
         };
         let Some(at) = keep_from else { return };
         let rest = if from_kept {
+            if let Some(range) = decoded {
+                kept.drain(range);
+            }
             kept.drain(..at);
             kept
         } else {
-            data[at..].to_vec()
+            let mut rest = data[at..].to_vec();
+            if let Some(range) = decoded {
+                rest.drain(range.start - at..range.end - at);
+            }
+            rest
         };
         if let Phase::Http(state) = &mut self.clients[key].phase {
             state.partial = rest;
         }
     }
 
-    /// Answers a plain HTTP request whose head is parsed. Returns how many body bytes it used,
-    /// or `None` when the body has not all arrived yet.
-    pub(super) fn http_request(
-        &mut self,
-        key: usize,
-        head: &Head<'_>,
-        after: &[u8],
-    ) -> Option<usize> {
-        let length = match content_length(head) {
-            Ok(n) => n,
-            Err(()) => {
-                self.refuse(key, HandshakeError::BadContentLength);
-                return Some(0);
+    /// Answers a plain HTTP request whose head is parsed, once its body (framed by
+    /// Content-Length or chunked, RFC 9112 §6.3) has arrived: see [`BodyRead`].
+    pub(super) fn http_request(&mut self, key: usize, head: &Head<'_>, after: &[u8]) -> BodyRead {
+        let framing = match framing(head) {
+            Ok(f) => f,
+            Err(e) => {
+                self.refuse(key, e);
+                return BodyRead::Used(0);
             }
         };
-        if head.get("Transfer-Encoding").is_some() {
-            self.respond(
-                key,
-                &Response::text(411, "send a Content-Length"),
-                false,
-                false,
-            );
-            return Some(0);
-        }
-        if length > self.config.max_message_size {
-            self.respond(
-                key,
-                &Response::text(413, "request body too large"),
-                false,
-                false,
-            );
-            return Some(0);
-        }
-        if after.len() < length {
-            let client = &mut self.clients[key];
-            if let Phase::Http(state) = &mut client.phase {
-                if !state.continued && head.has_token("Expect", "100-continue") {
-                    // RFC 9110 §10.1.1: the client waits for this before sending the body.
-                    state.continued = true;
-                    state.out.push(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    self.queue_flush(key);
+        let (body, used): (Cow<'_, [u8]>, usize) = match framing {
+            Framing::Length(length) => {
+                if length > self.config.max_message_size {
+                    self.respond(
+                        key,
+                        &Response::text(413, "request body too large"),
+                        false,
+                        false,
+                    );
+                    return BodyRead::Used(0);
                 }
+                if after.len() < length {
+                    self.expect_continue(key, head);
+                    return BodyRead::Wait;
+                }
+                (Cow::Borrowed(&after[..length]), length)
             }
-            return None;
-        }
+            Framing::Chunked => match self.read_chunked(key, after) {
+                Ok(Some((body, used))) => (Cow::Owned(body), used),
+                Ok(None) => {
+                    self.expect_continue(key, head);
+                    return BodyRead::Decoded(after.len());
+                }
+                Err(e) => {
+                    self.refuse(key, HandshakeError::BadChunkedBody(e));
+                    return BodyRead::Used(0);
+                }
+            },
+        };
         if let Phase::Http(state) = &mut self.clients[key].phase {
             state.continued = false;
+            if let Some(r) = &mut state.request {
+                r.bytes_in += used as u64;
+            }
         }
-        let keep_alive = head.keep_alive();
-        let body = &after[..length];
+        // Draining: every answer closes its connection, so a proxy reconnects elsewhere.
+        let keep_alive = head.keep_alive() && self.stopping.is_none();
+        let body = &body[..];
         let path = head.path();
         let response = if let Some(name) = path.strip_prefix("/publish/") {
             self.publish(name, head, body)
@@ -155,25 +172,90 @@ impl Server {
                 "GET" | "HEAD" => json_response(200, self.stats_json()),
                 _ => method_not_allowed("GET, HEAD"),
             }
+        } else if path == "/healthz" {
+            match head.method {
+                "GET" | "HEAD" => self.health(),
+                _ => method_not_allowed("GET, HEAD"),
+            }
         } else if path == "/metrics" {
             match head.method {
                 "GET" | "HEAD" => self.metrics_response(),
                 _ => method_not_allowed("GET, HEAD"),
             }
-        } else {
+        } else if matches!(head.method, "GET" | "HEAD") {
             http::serve_static(
                 &self.www,
                 head.method,
                 head.target,
                 head.get("If-None-Match"),
             )
+        } else {
+            // Another method: 405 where there is a page (RFC 9110 §15.5.6), and where there
+            // is none, what a GET would get (404).
+            match http::serve_static(&self.www, "GET", head.target, None) {
+                r if matches!(r.status, 200 | 304) => method_not_allowed("GET, HEAD"),
+                r => r,
+            }
         };
         debug!(
             "{}: {} {} -> {}",
             self.clients[key].peer, head.method, head.target, response.status
         );
         self.respond(key, &response, head.method == "HEAD", keep_alive);
-        Some(length)
+        BodyRead::Used(used)
+    }
+
+    /// RFC 9110 §10.1.1: a client that asked waits for `100 Continue` before sending the body.
+    fn expect_continue(&mut self, key: usize, head: &Head<'_>) {
+        let Phase::Http(state) = &mut self.clients[key].phase else {
+            return;
+        };
+        if !state.continued && head.has_token("Expect", "100-continue") {
+            state.continued = true;
+            state.out.push(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.queue_flush(key);
+        }
+    }
+
+    /// Feeds the bytes after a request head to its chunked decoder (kept between reads):
+    /// the whole body and how many of these bytes it took, or `None` while it goes on.
+    fn read_chunked(
+        &mut self,
+        key: usize,
+        after: &[u8],
+    ) -> Result<Option<(Vec<u8>, usize)>, ChunkedError> {
+        let Phase::Http(state) = &mut self.clients[key].phase else {
+            return Ok(None);
+        };
+        let (limit, max_line) = (self.config.max_message_size, self.config.max_head_size);
+        let body = state
+            .chunked
+            .get_or_insert_with(|| Box::new((ChunkedDecoder::new(limit, max_line), Vec::new())));
+        let (decoder, decoded) = &mut **body;
+        match decoder.decode(after, decoded) {
+            Ok(chunked::Status::Partial) => Ok(None),
+            Ok(chunked::Status::Complete(used)) => {
+                let body = mem::take(decoded);
+                state.chunked = None;
+                Ok(Some((body, used)))
+            }
+            Err(e) => {
+                state.chunked = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// `GET /healthz`: 200 while accepting, 503 from the moment shutdown begins, so that a
+    /// load balancer takes the node out before it stops.
+    fn health(&self) -> Response {
+        let mut r = if self.shutting_down() {
+            Response::text(503, "shutting down")
+        } else {
+            Response::text(200, "ok")
+        };
+        r.headers.push(("Cache-Control", "no-cache".into()));
+        r
     }
 
     /// `POST /publish/NAME`: the body goes to every member of the room as one message.
@@ -256,9 +338,20 @@ impl Server {
             let _ = write!(rooms, "{sep}\"{name}\":{n}");
         }
         let s = &self.stats;
+        let g = self.gauges();
+        let mut top = String::new();
+        for (i, (name, n)) in self.top_rooms(TOP_ROOMS).into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(top, "{sep}[\"{name}\",{n}]");
+        }
+        let refused_total: u64 = s.refused.iter().map(|(_, n)| n).sum();
         format!(
-            "{{\"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{},\
+            "{{\"http\":{},\"closing\":{},\"room_count\":{},\"top_rooms\":[{top}],\"refused_total\":{refused_total},\
+             \"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{},\
              \"slow_closed\":{},\"dropped\":{},\"ping_timeouts\":{},\"send_timeouts\":{},\"accept_errors\":{},\"console_dropped\":{},\"refused\":{},\"closes\":{}}}",
+            g.http,
+            g.closing,
+            g.rooms,
             self.clients.len(),
             s.messages_in,
             s.bytes_in,
@@ -277,6 +370,19 @@ impl Server {
         )
     }
 
+    /// The `n` largest rooms, largest first (ties by name): what a dashboard can show of
+    /// thousands of rooms.
+    fn top_rooms(&self, n: usize) -> Vec<(&str, usize)> {
+        let mut all: Vec<(&str, usize)> = self.rooms.sizes().collect();
+        let by_size = |a: &(&str, usize), b: &(&str, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+        if all.len() > n {
+            all.select_nth_unstable_by(n, by_size);
+            all.truncate(n);
+        }
+        all.sort_unstable_by(by_size);
+        all
+    }
+
     pub(super) fn respond(
         &mut self,
         key: usize,
@@ -288,8 +394,14 @@ impl Server {
         let Phase::Http(state) = &mut client.phase else {
             return;
         };
+        let before = state.out.len();
         response.write_to(state.out.buf(), head_only, keep_alive);
         state.out.commit();
+        let written = state.out.len() - before;
+        self.access_http(key, response.status, written);
+        let Phase::Http(state) = &mut self.clients[key].phase else {
+            return;
+        };
         if !keep_alive {
             state.closing = true;
             state.partial = Vec::new();
@@ -306,8 +418,14 @@ impl Server {
         let Phase::Http(state) = &mut client.phase else {
             return;
         };
+        let before = state.out.len();
         handshake::write_refusal(state.out.buf(), e);
         state.out.commit();
+        let written = state.out.len() - before;
+        self.access_http(key, e.status(), written);
+        let Phase::Http(state) = &mut self.clients[key].phase else {
+            return;
+        };
         state.closing = true;
         state.partial = Vec::new();
         self.queue_flush(key);
@@ -334,6 +452,11 @@ impl Server {
 
     /// Checks an upgrade request; on success the client becomes a WebSocket with the 101 queued.
     pub(super) fn upgrade(&mut self, key: usize, head: &Head<'_>) -> bool {
+        if self.stopping.is_some() {
+            // A keep-alive connection asking to upgrade during the drain.
+            self.refuse(key, HandshakeError::Unavailable);
+            return false;
+        }
         let accepted = self
             .route_for(head.path())
             .ok_or(HandshakeError::UnknownPath)
@@ -377,6 +500,7 @@ impl Server {
         } else {
             0
         };
+        client.bytes_out += sent as u64;
         if sent < self.scratch.len() {
             conn.out.push(&self.scratch[sent..]);
         }
@@ -390,6 +514,8 @@ impl Server {
             large: false,
             program,
             stdout_held: false,
+            path: head.path().into(),
+            opened: self.now,
         }));
         self.queue_flush(key);
         if let Route::Room(name) = &route {
@@ -401,6 +527,9 @@ impl Server {
         true
     }
 }
+
+/// Rooms listed in `/stats` `top_rooms`.
+const TOP_ROOMS: usize = 10;
 
 fn json_response(status: u16, body: String) -> Response {
     Response {
@@ -422,6 +551,60 @@ fn method_not_allowed(allow: &str) -> Response {
 /// Compares a secret without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// How far [`Server::http_request`] got with a request's body.
+pub(super) enum BodyRead {
+    /// Answered; the body took this many of the bytes after the head.
+    Used(usize),
+    /// The body has not all arrived; keep everything and try again with more.
+    Wait,
+    /// The body goes on; the first this many bytes after the head are decoded already and
+    /// need not be kept.
+    Decoded(usize),
+}
+
+/// How a request's body is framed (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes (none when neither header is there).
+    Length(usize),
+    /// The chunked coding, up to its last chunk and trailers.
+    Chunked,
+}
+
+/// RFC 9112 §6.3: Transfer-Encoding wins over Content-Length, but a request with both is
+/// refused (§6.1 lets a server do so, and it is how requests are smuggled past proxies);
+/// `chunked` must be the last coding and the only one, since it is the only one decoded.
+fn framing(head: &Head<'_>) -> Result<Framing, HandshakeError> {
+    let mut codings = head
+        .values("Transfer-Encoding")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .peekable();
+    if codings.peek().is_none() {
+        if head.get("Transfer-Encoding").is_some() {
+            return Err(HandshakeError::BadTransferEncoding);
+        }
+        return content_length(head)
+            .map(Framing::Length)
+            .map_err(|()| HandshakeError::BadContentLength);
+    }
+    let mut chunked = 0;
+    for coding in codings {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err(HandshakeError::UnsupportedTransferCoding);
+        }
+        chunked += 1;
+    }
+    if chunked > 1 || head.minor_version == 0 {
+        return Err(HandshakeError::BadTransferEncoding);
+    }
+    if head.get("Content-Length").is_some() {
+        return Err(HandshakeError::LengthAndChunked);
+    }
+    Ok(Framing::Chunked)
 }
 
 enum Step {

@@ -36,28 +36,51 @@ impl Server {
             self.reap();
         }
         if stop {
+            self.on_stop_signal();
+        }
+    }
+
+    /// `GET /healthz` answers 503: shutdown has begun (draining, or closing).
+    pub(super) fn shutting_down(&self) -> bool {
+        self.draining.is_some() || self.stopping.is_some()
+    }
+
+    /// The first signal: with `--shutdown-delay`, only health turns 503 for that long;
+    /// then (or at once) the close begins. A second signal stops at once.
+    pub(super) fn on_stop_signal(&mut self) {
+        if self.stopping.is_some() || self.draining.is_some() {
+            info!("second signal: stopping now");
+            self.draining = None;
+            if self.stopping.is_none() {
+                self.shut_down();
+            }
+            self.stopping = Some(Instant::now());
+            return;
+        }
+        let delay = self.config.shutdown_delay;
+        if delay.is_zero() {
             self.shut_down();
+        } else {
+            info!("shutting down in {delay:?}: /healthz answers 503 meanwhile");
+            self.draining = Some(Instant::now() + delay);
         }
     }
 
     pub(super) fn shut_down(&mut self) {
-        if self.stopping.is_some() {
-            info!("second signal: stopping now");
-            self.stopping = Some(Instant::now());
-            return;
-        }
+        self.draining = None;
         info!("shutting down: closing {} connections", self.clients.len());
-        let _ = self.poll.registry().deregister(&mut self.listener);
         self.stopping = Some(Instant::now() + self.config.close_timeout);
+        // WebSockets get a 1001 close. The listener stays open and plain HTTP connections
+        // are kept while the closes finish, so that a load balancer's health check, on a new
+        // connection or a keep-alive one, is answered 503 (`GET /healthz`, or the busy answer
+        // at accept) rather than left hanging; every answer now closes its connection. Idle
+        // HTTP connections do not hold up the exit.
         let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
         for key in keys {
-            match &mut self.clients[key].phase {
-                Phase::WebSocket(ws) => {
-                    ws.conn
-                        .close(close_code::GOING_AWAY, "server shutting down", self.now);
-                    self.queue_flush(key);
-                }
-                _ => self.end(key),
+            if let Phase::WebSocket(ws) = &mut self.clients[key].phase {
+                ws.conn
+                    .close(close_code::GOING_AWAY, "server shutting down", self.now);
+                self.queue_flush(key);
             }
         }
         self.flush_all();

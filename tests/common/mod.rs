@@ -42,10 +42,10 @@ impl TestServer {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(i) = line.find("listening on ws://") {
-                    let addr: SocketAddr = line[i + "listening on ws://".len()..]
-                        .trim()
-                        .parse()
-                        .unwrap();
+                    // The address ends the text line; in a JSON line a quote follows it.
+                    let rest = &line[i + "listening on ws://".len()..];
+                    let end = rest.find(['"', ' ']).unwrap_or(rest.len());
+                    let addr: SocketAddr = rest[..end].trim().parse().unwrap();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
