@@ -48,17 +48,6 @@ fn text(ws: &mut Ws) -> String {
     }
 }
 
-fn http(server: &TestServer, request: &str) -> (u16, String, String) {
-    let mut s = server.connect();
-    s.write_all(request.as_bytes()).unwrap();
-    let (head, body) = read_response(&mut s);
-    (
-        status(&head),
-        head,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
 fn publish(
     server: &TestServer,
     room: &str,
@@ -73,7 +62,7 @@ fn publish(
         "POST /publish/{room} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let (code, _, body) = http(server, &req);
+    let (code, _, body) = exchange(server, &req);
     (code, body)
 }
 
@@ -81,7 +70,7 @@ fn publish(
 fn wait_stats(server: &TestServer, needle: &str) -> String {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
-        let (_, _, body) = http(
+        let (_, _, body) = exchange(
             server,
             "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         );
@@ -205,7 +194,7 @@ fn publish_reaches_the_room_with_counts_and_types() {
         publish(&server, "bad%20name", "text/plain", "x", None).0,
         400
     );
-    let (code, head, _) = http(
+    let (code, head, _) = exchange(
         &server,
         "GET /publish/news HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );

@@ -11,18 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Sends a raw request and reads the whole answer: (status, head, body).
-fn exchange(server: &TestServer, request: &str) -> (u16, String, String) {
-    let mut s = server.connect();
-    s.write_all(request.as_bytes()).unwrap();
-    let (head, body) = read_response(&mut s);
-    (
-        status(&head),
-        head,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
 /// An upgrade of `target` with this `Host` and maybe an `Origin`.
 fn upgrade(target: &str, host: &str, origin: Option<&str>) -> String {
     let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));

@@ -253,3 +253,15 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// Sends a raw request on a new connection and reads the whole answer: (status, head, body).
+pub fn exchange(server: &TestServer, request: &str) -> (u16, String, String) {
+    let mut s = server.connect();
+    s.write_all(request.as_bytes()).unwrap();
+    let (head, body) = read_response(&mut s);
+    (
+        status(&head),
+        head,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
