@@ -22,6 +22,7 @@ pub mod room;
 pub mod server;
 pub mod target;
 pub mod timer;
+pub mod tls;
 pub mod utf8;
 
 pub use config::Config;
