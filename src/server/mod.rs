@@ -10,7 +10,7 @@ use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::mem;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +30,7 @@ use crate::http::{self, Response, WebRoot};
 use crate::outbox::{Outbox, SharedFrame};
 use crate::room::{self, Rooms};
 use crate::timer::{Timer, TimerTable};
+use crate::transport::Transport;
 
 mod messaging;
 mod programs;
@@ -37,9 +38,11 @@ mod protection;
 mod requests;
 mod signals;
 mod stats;
+mod tls_port;
 
 use protection::Protection;
 use stats::Stats;
+use tls_port::TlsPort;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -58,7 +61,8 @@ const READS_PER_TURN: usize = 8;
 
 /// One client connection as the loop sees it.
 struct Client {
-    socket: TcpStream,
+    /// The socket, and TLS on it if the port speaks TLS.
+    transport: Transport,
     peer: SocketAddr,
     /// Distinguishes this client from a later one that reuses the slab key (for timers).
     serial: u64,
@@ -77,6 +81,8 @@ struct Client {
     peer_closed: bool,
     /// Fan-out messages skipped because this client was not reading (`--slow-consumer drop`).
     slow_dropped: u64,
+    /// Plain HTTP on the TLS port: its request is answered with a redirect to `https://`.
+    to_https: bool,
 }
 
 impl Client {
@@ -246,6 +252,8 @@ pub struct Server {
     children: usize,
     /// Origin policy, per-address counts, the spare descriptor.
     protection: Protection,
+    /// `--tls-cert`: the certificates, the handshake budget, reloading.
+    tls: Option<TlsPort>,
 }
 
 impl Server {
@@ -273,6 +281,7 @@ impl Server {
             })?;
         }
         let protection = Protection::new(&config)?;
+        let tls = TlsPort::new(&config, Instant::now())?;
         let www = match &config.www {
             Some(dir) => WebRoot::dir(dir).map_err(|e| {
                 crate::error::io_context(format_args!("--www {}", dir.display()), e)
@@ -310,6 +319,7 @@ impl Server {
             endings: Vec::new(),
             children: 0,
             protection,
+            tls,
         })
     }
 
@@ -323,7 +333,10 @@ impl Server {
         if self.config.console {
             self.start_console();
         }
-        info!("listening on ws://{}", self.local_addr);
+        match self.tls {
+            Some(_) => info!("listening on wss://{} (and https://)", self.local_addr),
+            None => info!("listening on ws://{}", self.local_addr),
+        }
         loop {
             // Work queued during the last turn (reads cut short, output queued while flushing)
             // must not wait for an event that may never come.
@@ -339,6 +352,7 @@ impl Server {
                 }
             }
             self.now = Instant::now();
+            self.tls_new_turn();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -387,6 +401,9 @@ impl Server {
             if self.next_push.is_some_and(|at| now >= at) {
                 self.push(now);
             }
+            if self.tls_check_due(now) {
+                self.check_tls_files(now);
+            }
             // Exits are noticed on SIGCHLD; here only the SIGTERM/SIGKILL deadlines are kept.
             if self.endings.iter().any(|e| now >= e.next_deadline()) {
                 self.tick_endings(now);
@@ -425,6 +442,9 @@ impl Server {
         if let Some(at) = self.stopping {
             next = next.min(at);
         }
+        if let Some(at) = self.tls.as_ref().and_then(|t| t.next_check) {
+            next = next.min(at);
+        }
         next
     }
 
@@ -443,18 +463,14 @@ impl Server {
                     self.clients.len(),
                     self.config.max_connections
                 );
-                let mut out = Vec::new();
-                handshake::write_refusal(&mut out, HandshakeError::Unavailable);
-                self.stats.refused.add(HandshakeError::Unavailable.status());
-                let _ = socket.write(&out);
+                self.refuse_unregistered(&mut socket, HandshakeError::Unavailable);
                 continue;
             }
             if self.over_per_ip_limit(&mut socket, peer) {
                 continue;
             }
             let _ = socket.set_nodelay(true);
-            let entry = self.clients.vacant_entry();
-            let key = entry.key();
+            let key = self.clients.vacant_key();
             if let Err(e) = self.poll.registry().register(
                 &mut socket,
                 Token(key << TOKEN_SHIFT),
@@ -464,8 +480,9 @@ impl Server {
                 continue;
             }
             self.serial += 1;
-            entry.insert(Client {
-                socket,
+            let transport = self.transport_for(socket);
+            let inserted = self.clients.insert(Client {
+                transport,
                 peer,
                 serial: self.serial,
                 phase: Phase::Http(Box::new(HttpState::new(
@@ -478,7 +495,9 @@ impl Server {
                 paused: false,
                 peer_closed: false,
                 slow_dropped: 0,
+                to_https: false,
             });
+            debug_assert_eq!(inserted, key);
             self.arm(key);
             self.count_peer(peer);
             debug!("{peer}: connected");
@@ -500,6 +519,12 @@ impl Server {
                 self.to_read.push(key);
                 break;
             }
+            if client.transport.handshaking() && !self.tls_may_read(key) {
+                break;
+            }
+            let Some(client) = self.clients.get_mut(key) else {
+                break;
+            };
             reads += 1;
             let mut want = buf.len();
             let mut direct = false;
@@ -511,16 +536,16 @@ impl Server {
                         // The buffer grows as the payload arrives: ask for what fits, so that
                         // a short read still means the socket is drained.
                         want = left.min(room.capacity() - room.len());
-                        read_into_spare(&client.socket, room, want)
+                        client.transport.read_into_spare(room, want)
                     }
                     None => {
                         if ws.large && ws.conn.at_frame_boundary() {
                             want = MAX_HEADER_LEN;
                         }
-                        client.socket.read(&mut buf[..want])
+                        client.transport.read(&mut buf[..want])
                     }
                 },
-                _ => client.socket.read(&mut buf),
+                _ => client.transport.read(&mut buf),
             };
             let n = match result {
                 Ok(0) => {
@@ -531,7 +556,12 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("{}: read error: {e}", client.peer);
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        // A TLS error; the alert that names it has been sent.
+                        info!("{}: TLS: {e}, closing", client.peer);
+                    } else {
+                        debug!("{}: read error: {e}", client.peer);
+                    }
                     self.end(key);
                     break;
                 }
@@ -560,6 +590,14 @@ impl Server {
             }
         }
         self.rbuf = buf;
+        if self
+            .clients
+            .get(key)
+            .is_some_and(|c| c.transport.wants_write())
+        {
+            // TLS records (handshake answers) the socket did not take at once.
+            self.queue_flush(key);
+        }
         self.arm(key);
     }
 
@@ -628,7 +666,7 @@ impl Server {
             let result = match &mut client.phase {
                 Phase::Http(state) => {
                     let before = state.out.len();
-                    let r = state.out.flush_to(&mut client.socket);
+                    let r = client.transport.flush(&mut state.out);
                     let (progressed, pending) = (state.out.len() < before, !state.out.is_empty());
                     let send = self.config.send_timeout;
                     state.timers.output_flushed(now, progressed, pending, send);
@@ -636,7 +674,7 @@ impl Server {
                 }
                 Phase::WebSocket(ws) => {
                     let before = ws.conn.out.len();
-                    let r = ws.conn.out.flush_to(&mut client.socket);
+                    let r = client.transport.flush(&mut ws.conn.out);
                     let progressed = ws.conn.out.len() < before;
                     ws.conn.flushed(now, progressed);
                     r.map(|all| (all, ws.conn.state() == State::Closed))
@@ -683,7 +721,7 @@ impl Server {
     /// bytes on our side do not turn the close into a reset (RFC 6455 §7.1.1).
     fn linger(&mut self, key: usize) {
         let client = &mut self.clients[key];
-        if client.socket.shutdown(Shutdown::Write).is_err() {
+        if client.transport.shutdown_write().is_err() {
             return self.end(key);
         }
         let peer = client.peer;
@@ -806,7 +844,10 @@ impl Server {
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut client.socket);
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut client.transport.socket);
         if client.slow_dropped > 0 {
             info!(
                 "{}: ended; {} messages were dropped for it as a slow consumer",
@@ -843,22 +884,6 @@ impl Server {
             }
         }
     }
-}
-
-/// Reads up to `max` bytes into the spare capacity of `buf` (no zero-filling first).
-fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let spare = buf.spare_capacity_mut();
-    let max = max.min(spare.len());
-    // SAFETY: recv(2) writes at most `max` bytes into the spare capacity, which is at least
-    // that long.
-    let n = unsafe { libc::recv(socket.as_raw_fd(), spare.as_mut_ptr().cast(), max, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel initialised exactly these `n` bytes.
-    unsafe { buf.set_len(buf.len() + n as usize) };
-    Ok(n as usize)
 }
 
 /// The rule fan-out applies to each receiver: a receiver's unsent output never passes

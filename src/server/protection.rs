@@ -10,10 +10,6 @@ use crate::error::io_message;
 use crate::origin::{self, OriginError, OriginPolicy};
 use crate::target::Target;
 
-/// The scheme requests arrive over, for the server's own origin. TLS (or a trusted proxy's
-/// `X-Forwarded-Proto`) will make this `https`.
-pub(super) const SCHEME: &str = "http";
-
 /// While `accept(2)` keeps failing (descriptors out and the spare already spent, no kernel
 /// memory), the listener is retried this often: no new edge comes for connections already
 /// waiting in its backlog.
@@ -106,11 +102,14 @@ impl Server {
         }
     }
 
-    /// Answers a socket that never became a client, and counts the refusal.
-    fn refuse_unregistered(&mut self, socket: &mut TcpStream, e: HandshakeError) {
-        let mut out = Vec::new();
-        handshake::write_refusal(&mut out, e);
-        let _ = socket.write(&out);
+    /// Answers a socket that never became a client, and counts the refusal. On a TLS port
+    /// it is only closed: an answer would need a handshake, which is the CPU a refusal saves.
+    pub(super) fn refuse_unregistered(&mut self, socket: &mut TcpStream, e: HandshakeError) {
+        if self.tls.is_none() {
+            let mut out = Vec::new();
+            handshake::write_refusal(&mut out, e);
+            let _ = socket.write(&out);
+        }
         self.stats.refused.add(e.status());
     }
 
@@ -178,9 +177,11 @@ impl Server {
 
     /// The `Origin` check for upgrades and `POST /publish` (the two things a hostile page
     /// could make a visitor's browser do here); logs a refusal with the flag that allows it.
+    /// `scheme` is how the request reached us (`https` over TLS): the server's own origin.
     pub(super) fn check_origin(
         &self,
         peer: SocketAddr,
+        scheme: &str,
         head: &Head<'_>,
         target: &Target<'_>,
     ) -> Result<(), HandshakeError> {
@@ -199,7 +200,7 @@ impl Server {
             .map(str::as_bytes)
             .or_else(|| head.get("Host"))
             .unwrap_or_default();
-        let Err(e) = origin::check(&origins, host, SCHEME, &self.protection.origins) else {
+        let Err(e) = origin::check(&origins, host, scheme, &self.protection.origins) else {
             return Ok(());
         };
         let shown = String::from_utf8_lossy(origins[0]);

@@ -45,9 +45,15 @@ impl Server {
                         self.refuse(key, HandshakeError::MissingHost);
                         break None;
                     }
+                    if self.clients[key].to_https {
+                        self.redirect_to_https(key, &head);
+                        break None;
+                    }
+                    let client = &self.clients[key];
+                    let (peer, scheme) = (client.peer, client.transport.scheme());
                     let checked = target::parse(head.method, head.target)
                         .map_err(HandshakeError::BadTarget)
-                        .and_then(|t| self.check_origin(self.clients[key].peer, &head, &t));
+                        .and_then(|t| self.check_origin(peer, scheme, &head, &t));
                     if let Err(e) = checked {
                         self.refuse(key, e);
                         break None;
@@ -373,7 +379,7 @@ impl Server {
         // The 101 goes out now if nothing is ahead of it and the socket takes it (it nearly
         // always does), so that an idle connection keeps no output buffer.
         let sent = if conn.out.is_empty() {
-            client.socket.write(&self.scratch).unwrap_or_default()
+            client.transport.write_now(&self.scratch)
         } else {
             0
         };

@@ -41,9 +41,14 @@ impl TestServer {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(i) = line.find("listening on ws://") {
-                    let addr: SocketAddr = line[i + "listening on ws://".len()..]
-                        .trim()
+                let found = ["listening on ws://", "listening on wss://"]
+                    .iter()
+                    .find_map(|m| line.find(m).map(|i| i + m.len()));
+                if let Some(at) = found {
+                    let addr: SocketAddr = line[at..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
                         .parse()
                         .unwrap();
                     if let Some(tx) = tx.take() {
