@@ -137,6 +137,102 @@ pub fn mtimes(files: &[CertFiles]) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
+/// Where the system's trusted roots are, when `--ca` is not given: `SSL_CERT_FILE`, then
+/// the bundles of Debian/Ubuntu/Alpine and Fedora/RHEL (read as PEM; no extra crate).
+const SYSTEM_ROOTS: [&str; 2] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// The client's configuration (`wsloop client wss://`): roots from `ca` (PEM) or the system
+/// bundle; `insecure` accepts any certificate (handshake signatures are still checked), for
+/// loopback tests with a throwaway certificate.
+pub fn client_config(
+    ca: Option<&Path>,
+    insecure: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let mut config = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+        let path = ca
+            .map(Path::to_path_buf)
+            .or(env)
+            .or_else(|| SYSTEM_ROOTS.iter().map(PathBuf::from).find(|p| p.exists()))
+            .ok_or("no trusted roots found: give --ca FILE (PEM), or --insecure")?;
+        let pem = std::fs::read(&path)
+            .map_err(|e| format!("{}: {}", path.display(), crate::error::io_message(&e)))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) = roots
+            .add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
+        if added == 0 {
+            return Err(format!(
+                "{}: no usable PEM CERTIFICATE in it",
+                path.display()
+            ));
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// `--insecure`: any certificate is taken, but the handshake's signatures are still verified.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Chooses the certificate whose names cover the SNI name (RFC 6066 §3); the first one
 /// otherwise, and for clients that send no name (an IP address, old clients).
 #[derive(Debug)]

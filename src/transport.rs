@@ -10,7 +10,7 @@ use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
 
 use crate::outbox::Outbox;
 
@@ -216,8 +216,8 @@ fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Res
     Ok(n as usize)
 }
 
-fn tls_read(
-    tls: &mut ServerConnection,
+fn tls_read<D>(
+    tls: &mut ConnectionCommon<D>,
     socket: &mut TcpStream,
     buf: &mut [u8],
 ) -> io::Result<usize> {
@@ -262,7 +262,7 @@ fn tls_read(
 
 /// Writes the records rustls holds until it has none or the socket would block; `Ok(true)`
 /// when none are left.
-fn write_records(tls: &mut ServerConnection, socket: &mut TcpStream) -> io::Result<bool> {
+fn write_records<D>(tls: &mut ConnectionCommon<D>, socket: &mut TcpStream) -> io::Result<bool> {
     while tls.wants_write() {
         match tls.write_tls(socket) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -278,18 +278,18 @@ fn write_records(tls: &mut ServerConnection, socket: &mut TcpStream) -> io::Resu
 /// The outbox's writer on a TLS connection: plaintext goes into rustls's `writer()` and the
 /// records it makes go to the socket. Plaintext is taken only while rustls has no records
 /// stuck, so the unsent output stays in the outbox, where backpressure counts it.
-struct TlsWriter<'a> {
-    tls: &'a mut ServerConnection,
+struct TlsWriter<'a, D> {
+    tls: &'a mut ConnectionCommon<D>,
     socket: &'a mut TcpStream,
 }
 
-impl TlsWriter<'_> {
+impl<D> TlsWriter<'_, D> {
     fn push_records(&mut self) -> io::Result<bool> {
         write_records(self.tls, self.socket)
     }
 }
 
-impl Write for TlsWriter<'_> {
+impl<D> Write for TlsWriter<'_, D> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(buf)])
     }
@@ -309,5 +309,41 @@ impl Write for TlsWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.push_records().map(|_| ())
+    }
+}
+
+/// The client's side (`wsloop client wss://`): the same reads and writes over a
+/// `ClientConnection`, once its handshake is done.
+pub struct ClientTransport {
+    pub socket: TcpStream,
+    tls: Option<Box<ClientConnection>>,
+}
+
+impl ClientTransport {
+    pub fn new(socket: TcpStream, tls: Option<Box<ClientConnection>>) -> Self {
+        ClientTransport { socket, tls }
+    }
+
+    /// Reads application bytes; see [`Transport::read`].
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.socket.read(buf),
+            Some(tls) => tls_read(tls, &mut self.socket, buf),
+        }
+    }
+
+    /// Writes what `out` holds; see [`Transport::flush`].
+    pub fn flush(&mut self, out: &mut Outbox) -> io::Result<bool> {
+        match &mut self.tls {
+            None => out.flush_to(&mut self.socket),
+            Some(tls) => {
+                let mut w = TlsWriter {
+                    tls,
+                    socket: &mut self.socket,
+                };
+                let all = out.flush_to(&mut w)?;
+                Ok(all && w.push_records()?)
+            }
+        }
     }
 }

@@ -67,6 +67,13 @@ impl Pki {
     fn client_config(&self) -> Arc<ClientConfig> {
         client_config(&[self.ca.der().clone()])
     }
+
+    /// The CA certificate as a PEM file, for `wsloop client --ca`.
+    fn ca_file(&self) -> String {
+        let path = self.path("ca.pem");
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path
+    }
 }
 
 impl Drop for Pki {
@@ -417,4 +424,49 @@ fn tls_reload_interval_notices_changed_files() {
     assert!(server.wait_log("certificate files changed: TLS certificates reloaded"));
     let s = tls_connect(&server, second.client_config()).unwrap();
     assert_eq!(peer_cert(&s), pem_leaf(&new_crt));
+}
+
+/// `wsloop client ARGS` with `input` on stdin: (exit code, stdout, stderr). Bounded by its
+/// own `--timeout`.
+fn run_client(args: &[&str], input: &[u8]) -> (Option<i32>, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsloop"))
+        .arg("client")
+        .args(["--timeout", "10s"])
+        .args(args)
+        .env_remove("SSL_CERT_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn wsloop_client_speaks_wss() {
+    let pki = Pki::new("client");
+    let server = start(&[pki.leaf("server", false)], &[]);
+    let url = format!("wss://localhost:{}/echo", server.addr.port());
+    let ca = pki.ca_file();
+    let big = "x".repeat(200_000);
+    let input = format!("hello\n{big}\nworld\n");
+    let (code, out, err) = run_client(&[&url, "--ca", &ca], input.as_bytes());
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, input);
+
+    // Without the CA the certificate is refused; --insecure takes it.
+    let (code, _, err) = run_client(&[&url], b"hi\n");
+    assert_eq!(code, Some(1), "{err}");
+    // (A machine without a system bundle refuses before the handshake.)
+    let refused = err.contains("TLS handshake: invalid peer certificate");
+    assert!(refused || err.contains("no trusted roots found"), "{err}");
+    let (code, out, err) = run_client(&[&url, "--insecure"], b"hi\n");
+    assert_eq!((code, out.as_str()), (Some(0), "hi\n"), "{err}");
 }
