@@ -517,7 +517,7 @@ fn run_client(args: &ClientArgs) -> Result<i32, Failure> {
         Blocking::Plain(tcp) => ClientTransport::new(mio::net::TcpStream::from_std(tcp), None),
         Blocking::Tls(tls) => {
             let rustls::StreamOwned { conn, sock } = *tls;
-            ClientTransport::new(mio::net::TcpStream::from_std(sock), Some(Box::new(conn)))
+            ClientTransport::new(mio::net::TcpStream::from_std(sock), Some(conn))
         }
     };
     let overall = match (args.count.is_some() || args.no_close, args.timeout) {

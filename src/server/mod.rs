@@ -509,6 +509,11 @@ impl Server {
     /// an error) came with this edge and no later edge will announce it.
     fn on_readable(&mut self, key: usize, drain: bool) {
         let mut buf = mem::take(&mut self.rbuf);
+        let mut scratch = self
+            .tls
+            .as_mut()
+            .map(|t| mem::take(&mut t.scratch))
+            .unwrap_or_default();
         let mut reads = 0;
         while let Some(client) = self.clients.get_mut(key) {
             if client.paused || client.peer_closed {
@@ -536,16 +541,17 @@ impl Server {
                         // The buffer grows as the payload arrives: ask for what fits, so that
                         // a short read still means the socket is drained.
                         want = left.min(room.capacity() - room.len());
-                        client.transport.read_into_spare(room, want)
+                        client.transport.read_into_spare(room, want, &mut scratch)
                     }
                     None => {
-                        if ws.large && ws.conn.at_frame_boundary() {
+                        // (Over TLS the payload is copied out of rustls either way.)
+                        if ws.large && ws.conn.at_frame_boundary() && !client.transport.is_tls() {
                             want = MAX_HEADER_LEN;
                         }
-                        client.transport.read(&mut buf[..want])
+                        client.transport.read(&mut buf[..want], &mut scratch)
                     }
                 },
-                _ => client.transport.read(&mut buf),
+                _ => client.transport.read(&mut buf, &mut scratch),
             };
             let n = match result {
                 Ok(0) => {
@@ -590,6 +596,9 @@ impl Server {
             }
         }
         self.rbuf = buf;
+        if let Some(tls) = self.tls.as_mut() {
+            tls.scratch = scratch;
+        }
         if self
             .clients
             .get(key)
@@ -829,6 +838,7 @@ impl Server {
     fn sweep(&mut self) {
         for (_, client) in self.clients.iter_mut() {
             if !mem::take(&mut client.active) {
+                client.transport.shrink();
                 match &mut client.phase {
                     Phase::WebSocket(ws) => ws.conn.shrink(),
                     Phase::Http(state) => state.out.shrink(),

@@ -23,6 +23,8 @@ pub(super) struct TlsPort {
     pub(super) next_check: Option<Instant>,
     /// Handshake steps this loop turn may still process.
     budget: usize,
+    /// Where ciphertext is read, shared by all TLS connections (taken while reading).
+    pub(super) scratch: Vec<u8>,
 }
 
 impl TlsPort {
@@ -40,6 +42,7 @@ impl TlsPort {
             files,
             next_check: config.tls_reload.map(|every| now + every),
             budget: config.tls_handshakes_per_turn,
+            scratch: vec![0; crate::transport::TLS_READ_SIZE],
         }))
     }
 }
