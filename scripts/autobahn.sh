@@ -4,28 +4,40 @@
 # INFORMATIONAL for every server (7.1.6, 7.13.1, 7.13.2). No NON-STRICT is accepted.
 #
 # Needs ../shared/autobahn beside the project (set AUTOBAHN_DIR to point elsewhere).
-# Usage: scripts/autobahn.sh [OUTDIR]        (default target/autobahn)
+# Usage: scripts/autobahn.sh [--tls] [OUTDIR]   (default target/autobahn, or target/autobahn-tls)
+#   --tls: the same cases over wss:// (a throwaway certificate made with openssl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AB="${AUTOBAHN_DIR:-../shared/autobahn}"
-OUT="${1:-target/autobahn}"
+TLS=""
+if [ "${1:-}" = "--tls" ]; then TLS=1; shift; fi
+OUT="${1:-target/autobahn${TLS:+-tls}}"
 [ -d "$AB" ] || { echo "autobahn.sh: no $AB (the shared Autobahn runner)" >&2; exit 2; }
 
 bash "$AB/setup.sh" >/dev/null
 cargo build --release --quiet
 mkdir -p "$OUT"
 LOG="$OUT/server.log"
-RUST_LOG=info ./target/release/wsloop --port 0 --bind 127.0.0.1 --close-timeout 2s >"$LOG" 2>&1 &
+SCHEME=ws
+TLS_ARGS=()
+if [ -n "$TLS" ]; then
+  SCHEME=wss
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
+  TLS_ARGS=(--tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem")
+fi
+RUST_LOG=info ./target/release/wsloop --port 0 --bind 127.0.0.1 --close-timeout 2s "${TLS_ARGS[@]}" >"$LOG" 2>&1 &
 PID=$!
 trap 'kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
-  PORT=$(grep -o 'listening on ws://127.0.0.1:[0-9]*' "$LOG" | grep -o '[0-9]*$' || true)
+  PORT=$(grep -o "listening on $SCHEME://127.0.0.1:[0-9]*" "$LOG" | grep -o '[0-9]*$' || true)
   [ -n "$PORT" ] && break
   sleep 0.1
 done
 [ -n "${PORT:-}" ] || { echo "autobahn.sh: server did not start" >&2; cat "$LOG" >&2; exit 1; }
 
-bash "$AB/run.sh" "ws://127.0.0.1:$PORT/" "$OUT"
+bash "$AB/run.sh" "$SCHEME://127.0.0.1:$PORT/" "$OUT"
 python3 "$AB/summarize.py" "$OUT" --json > "$OUT/summary.json"
 python3 - "$OUT/summary.json" <<'PY'
 import json, sys

@@ -21,6 +21,7 @@ use crate::connection::{Connection, Event, MessageKind};
 use crate::error::ProtocolError;
 use crate::frame::{random_mask, Role};
 use crate::handshake::accept_key;
+use crate::transport::ClientTransport;
 
 /// Exit statuses of `wsloop client`, also listed in its `--help`.
 pub mod exit {
@@ -57,8 +58,16 @@ Exit status:
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = HELP_AFTER)]
 pub struct ClientArgs {
-    /// ws://HOST[:PORT][/PATH][?QUERY] to connect to; HOST is a name, IPv4 or [IPv6].
+    /// ws[s]://HOST[:PORT][/PATH][?QUERY] to connect to; HOST is a name, IPv4 or [IPv6].
     pub url: String,
+
+    /// wss://: trust the PEM certificate(s) in FILE instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// wss://: accept any server certificate (for loopback tests with a throwaway one).
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Send stdin lines as binary messages instead of text.
     #[arg(long)]
@@ -128,9 +137,11 @@ pub fn run(args: ClientArgs) -> i32 {
     }
 }
 
-/// A parsed `ws://` URL (RFC 6455 §3).
+/// A parsed `ws://` or `wss://` URL (RFC 6455 §3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WsUrl {
+    /// `wss://`: TLS to the server.
+    pub tls: bool,
     /// The host, without the brackets of an IPv6 literal.
     pub host: String,
     pub port: u16,
@@ -139,14 +150,23 @@ pub struct WsUrl {
 }
 
 impl WsUrl {
-    /// The `Host` header: the port only when it is not the default 80.
+    /// The scheme's own port (RFC 6455 §3): 443 for `wss://`, 80 for `ws://`.
+    pub fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
+        }
+    }
+
+    /// The `Host` header: the port only when it is not the scheme's default.
     pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
-        if self.port == 80 {
+        if self.port == self.default_port() {
             host
         } else {
             format!("{host}:{}", self.port)
@@ -161,24 +181,21 @@ impl fmt::Display for WsUrl {
         } else {
             self.host.clone()
         };
-        write!(f, "ws://{host}:{}{}", self.port, self.resource)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{host}:{}{}", self.port, self.resource)
     }
 }
 
-/// Parses `ws://HOST[:PORT][/PATH][?QUERY]`; `wss://` is refused since there is no TLS here.
+/// Parses `ws[s]://HOST[:PORT][/PATH][?QUERY]`.
 pub fn parse_url(s: &str) -> Result<WsUrl, String> {
     let bad = |why: &str| format!("bad URL {s:?}: {why}");
     let scheme_end = s
         .find("://")
         .ok_or_else(|| bad("expected ws://HOST[:PORT]/PATH"))?;
     let scheme = &s[..scheme_end];
-    if scheme.eq_ignore_ascii_case("wss") {
-        return Err(bad(
-            "wss:// needs TLS, which wsloop does not speak; use ws://",
-        ));
-    }
-    if !scheme.eq_ignore_ascii_case("ws") {
-        return Err(bad("the scheme must be ws://"));
+    let tls = scheme.eq_ignore_ascii_case("wss");
+    if !tls && !scheme.eq_ignore_ascii_case("ws") {
+        return Err(bad("the scheme must be ws:// or wss://"));
     }
     let rest = &s[scheme_end + 3..];
     if rest.contains('#') {
@@ -219,6 +236,7 @@ pub fn parse_url(s: &str) -> Result<WsUrl, String> {
         return Err(bad("no host"));
     }
     let port = match port {
+        None if tls => 443,
         None => 80,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => n,
@@ -231,6 +249,7 @@ pub fn parse_url(s: &str) -> Result<WsUrl, String> {
         format!("/{resource}")
     };
     Ok(WsUrl {
+        tls,
         host: host.to_string(),
         port,
         resource,
@@ -462,7 +481,17 @@ fn run_client(args: &ClientArgs) -> Result<i32, Failure> {
     let handshake_deadline = start + args.timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
     let limit = show(args.timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT));
 
-    let mut stream = connect(&url, handshake_deadline, &limit)?;
+    let tcp = connect(&url, handshake_deadline, &limit)?;
+    let mut stream = if url.tls {
+        Blocking::Tls(Box::new(tls_handshake(
+            args,
+            &url,
+            tcp,
+            handshake_deadline,
+        )?))
+    } else {
+        Blocking::Plain(tcp)
+    };
     let request = build_request(&url, &random_key(), &protocols, &extra);
     let (protocol, leftover) = handshake(&mut stream, &request, &protocols, handshake_deadline)
         .map_err(|f| match f.code {
@@ -482,8 +511,15 @@ fn run_client(args: &ClientArgs) -> Result<i32, Failure> {
     }
 
     let local = |e: io::Error| failure(exit::FAILED, format!("I/O error: {e}"));
-    stream.set_nodelay(true).map_err(local)?;
-    stream.set_nonblocking(true).map_err(local)?;
+    stream.tcp().set_nodelay(true).map_err(local)?;
+    stream.tcp().set_nonblocking(true).map_err(local)?;
+    let sock = match stream {
+        Blocking::Plain(tcp) => ClientTransport::new(mio::net::TcpStream::from_std(tcp), None),
+        Blocking::Tls(tls) => {
+            let rustls::StreamOwned { conn, sock } = *tls;
+            ClientTransport::new(mio::net::TcpStream::from_std(sock), Some(conn))
+        }
+    };
     let overall = match (args.count.is_some() || args.no_close, args.timeout) {
         (true, Some(t)) => Some(start + t),
         _ => None,
@@ -491,7 +527,7 @@ fn run_client(args: &ClientArgs) -> Result<i32, Failure> {
     let mut session = Session {
         args,
         conn: Connection::new(Role::Client, args.max_message_size),
-        sock: mio::net::TcpStream::from_std(stream),
+        sock,
         received: 0,
         close_sent: false,
         stdin_done: false,
@@ -541,14 +577,89 @@ fn connect(url: &WsUrl, deadline: Instant, limit: &str) -> Result<TcpStream, Fai
     })
 }
 
+/// The connection while the opening handshake is read, blocking: TCP, or TLS over it.
+enum Blocking {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Blocking {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Blocking::Plain(s) => s,
+            Blocking::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Blocking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Blocking::Plain(s) => s.read(buf),
+            Blocking::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Blocking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Blocking::Plain(s) => s.write(buf),
+            Blocking::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Blocking::Plain(s) => s.flush(),
+            Blocking::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// `wss://`: the TLS handshake, within the deadline, checking the server's certificate
+/// against `--ca` (or the system's roots) unless `--insecure`.
+fn tls_handshake(
+    args: &ClientArgs,
+    url: &WsUrl,
+    mut tcp: TcpStream,
+    deadline: Instant,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, Failure> {
+    let config = crate::tls::client_config(args.ca.as_deref(), args.insecure)
+        .map_err(|m| failure(exit::FAILED, m))?;
+    let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+        .map_err(|_| failure(exit::USAGE, format!("{}: not a TLS server name", url.host)))?;
+    let mut conn = rustls::ClientConnection::new(config, name)
+        .map_err(|e| failure(exit::FAILED, format!("TLS: {e}")))?;
+    while conn.is_handshaking() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let step = if left.is_zero() {
+            Err(io::ErrorKind::TimedOut.into())
+        } else {
+            tcp.set_read_timeout(Some(left))
+                .and_then(|_| tcp.set_write_timeout(Some(left)))
+                .and_then(|_| conn.complete_io(&mut tcp))
+        };
+        match step {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => {
+                return Err(failure(exit::TIMEOUT, "timed out in the TLS handshake"))
+            }
+            Err(e) => return Err(failure(exit::FAILED, format!("TLS handshake: {e}"))),
+        }
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
 /// Reads with the socket's read timeout set to what is left before `deadline`.
-fn read_until_deadline(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
+fn read_until_deadline(s: &mut Blocking, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        s.set_read_timeout(Some(left))?;
+        s.tcp().set_read_timeout(Some(left))?;
         match s.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => return r,
@@ -559,7 +670,7 @@ fn read_until_deadline(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> 
 /// Sends the upgrade request and checks the answer. Returns the subprotocol chosen and any
 /// bytes that followed the head (frames the server sent at once).
 fn handshake(
-    s: &mut TcpStream,
+    s: &mut Blocking,
     request: &Request,
     offered: &[String],
     deadline: Instant,
@@ -575,8 +686,10 @@ fn handshake(
     if left.is_zero() {
         return Err(failure(exit::TIMEOUT, "timed out"));
     }
-    s.set_write_timeout(Some(left))
+    s.tcp()
+        .set_write_timeout(Some(left))
         .and_then(|_| s.write_all(&request.bytes))
+        .and_then(|_| s.flush())
         .map_err(|e| io_fail("sending the upgrade request", e))?;
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -626,7 +739,7 @@ fn handshake(
 
 /// Reads (a bounded part of) a refusal's body, for its first line. Best effort.
 fn read_body(
-    s: &mut TcpStream,
+    s: &mut Blocking,
     mut body: Vec<u8>,
     content_length: Option<usize>,
     deadline: Instant,
@@ -652,7 +765,7 @@ const WAKE: Token = Token(1);
 struct Session<'a> {
     args: &'a ClientArgs,
     conn: Connection,
-    sock: mio::net::TcpStream,
+    sock: ClientTransport,
     received: u64,
     /// Our close frame is queued.
     close_sent: bool,
@@ -679,7 +792,7 @@ impl Session<'_> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(local)?);
         poll.registry()
             .register(
-                &mut self.sock,
+                &mut self.sock.socket,
                 SOCKET,
                 Interest::READABLE | Interest::WRITABLE,
             )
@@ -693,6 +806,8 @@ impl Session<'_> {
         if !leftover.is_empty() {
             self.feed(&mut leftover)?;
         }
+        // TLS may hold decrypted bytes that no readiness event will announce.
+        self.read_all(&mut buf)?;
         loop {
             if let Some(code) = self.decide() {
                 return Ok(code);
@@ -830,7 +945,7 @@ impl Session<'_> {
         if self.eof {
             return false;
         }
-        match self.conn.out.flush_to(&mut self.sock) {
+        match self.sock.flush(&mut self.conn.out) {
             Ok(done) => done,
             Err(_) => {
                 // The peer is gone; what it sent before going is still read below.
@@ -935,6 +1050,7 @@ mod tests {
 
     fn url(host: &str, port: u16, resource: &str) -> WsUrl {
         WsUrl {
+            tls: false,
             host: host.into(),
             port,
             resource: resource.into(),
@@ -957,8 +1073,10 @@ mod tests {
             Ok(url("::1", 8080, "/room/a?b"))
         );
         assert_eq!(parse_url("ws://[::1]"), Ok(url("::1", 80, "/")));
+        let wss = parse_url("wss://h/x").unwrap();
+        assert!(wss.tls && wss.port == 443 && wss.host_header() == "h");
+        assert_eq!(wss.to_string(), "wss://h:443/x");
         for bad in [
-            "wss://h/",
             "http://h/",
             "h:1/",
             "ws://",
@@ -976,7 +1094,6 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
-        assert!(parse_url("wss://h/").unwrap_err().contains("TLS"));
     }
 
     #[test]

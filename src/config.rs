@@ -200,6 +200,29 @@ pub struct Config {
     /// Deflate: messages shorter than this are sent uncompressed.
     #[arg(long, default_value = "64B", value_parser = parse_size, value_name = "SIZE")]
     pub deflate_threshold: usize,
+
+    /// TLS: a PEM certificate chain (leaf first). With `--tls-key`, the port serves `https://`
+    /// and `wss://`. Repeatable: pairs in order, chosen by the name the client asks for (SNI).
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub tls_certs: Vec<PathBuf>,
+
+    /// TLS: the PEM private key (ECDSA, Ed25519 or RSA) of the `--tls-cert` at the same place.
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub tls_keys: Vec<PathBuf>,
+
+    /// TLS: serve plain HTTP arriving on the TLS port instead of redirecting it to `https://`.
+    #[arg(long)]
+    pub tls_allow_plain: bool,
+
+    /// TLS: check the certificate and key files this often and load them when they change
+    /// (SIGHUP always reloads them); off by default.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub tls_reload: Option<Duration>,
+
+    /// TLS: most handshake steps processed per loop turn; the rest wait for the next turn,
+    /// so that open connections keep their latency while many clients connect at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub tls_handshakes_per_turn: usize,
 }
 
 /// clap turns a literal `{n}` in help text into a line break; styling the `n` keeps it shown
@@ -254,6 +277,19 @@ impl Config {
         }
         if self.max_per_ip == Some(0) {
             return invalid("--max-per-ip must be at least 1".into());
+        }
+        if self.tls_certs.len() != self.tls_keys.len() {
+            return invalid(format!(
+                "--tls-cert given {} times and --tls-key {} times: they go in pairs",
+                self.tls_certs.len(),
+                self.tls_keys.len()
+            ));
+        }
+        if self.tls_handshakes_per_turn == 0 {
+            return invalid("--tls-handshakes-per-turn must be at least 1".into());
+        }
+        if self.tls_reload.is_some_and(|d| d.is_zero()) {
+            return invalid("--tls-reload must be above zero".into());
         }
         Ok(())
     }
@@ -371,6 +407,11 @@ mod tests {
             ..Config::default()
         };
         assert!(zero_per_ip.validate().is_err());
+        let unpaired = Config {
+            tls_certs: vec!["a.crt".into()],
+            ..Config::default()
+        };
+        assert!(unpaired.validate().is_err());
     }
 
     #[test]
@@ -387,5 +428,7 @@ mod tests {
         assert_eq!(c.pong_timeout, Duration::from_secs(10));
         assert!(c.allowed_origins.is_empty());
         assert_eq!(c.max_per_ip, None);
+        assert!(c.tls_certs.is_empty() && !c.tls_allow_plain && c.tls_reload.is_none());
+        assert_eq!(c.tls_handshakes_per_turn, 16);
     }
 }

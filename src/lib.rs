@@ -25,6 +25,8 @@ pub mod room;
 pub mod server;
 pub mod target;
 pub mod timer;
+pub mod tls;
+pub mod transport;
 pub mod utf8;
 
 pub use config::Config;

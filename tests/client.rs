@@ -248,7 +248,7 @@ fn connection_refused_exits_1() {
 #[test]
 fn bad_urls_exit_2() {
     for url in [
-        "wss://127.0.0.1/",
+        "https://127.0.0.1/",
         "http://127.0.0.1/",
         "ws://127.0.0.1:99999/",
     ] {

@@ -10,7 +10,7 @@ use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::mem;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +30,7 @@ use crate::http::{self, Response, WebRoot};
 use crate::outbox::{Outbox, SharedFrame};
 use crate::room::{self, Rooms};
 use crate::timer::{Timer, TimerTable};
+use crate::transport::Transport;
 
 mod access;
 mod messaging;
@@ -38,9 +39,11 @@ mod protection;
 mod requests;
 mod signals;
 mod stats;
+mod tls_port;
 
 use protection::Protection;
 use stats::Stats;
+use tls_port::TlsPort;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -59,7 +62,8 @@ const READS_PER_TURN: usize = 8;
 
 /// One client connection as the loop sees it.
 struct Client {
-    socket: TcpStream,
+    /// The socket, and TLS on it if the port speaks TLS.
+    transport: Transport,
     /// The client's address: the TCP peer's, or the one a trusted proxy forwarded for the
     /// request being served (`--trusted-proxy`).
     peer: SocketAddr,
@@ -85,6 +89,8 @@ struct Client {
     /// Bytes read from and written to the socket, for the access log.
     bytes_in: u64,
     bytes_out: u64,
+    /// Plain HTTP on the TLS port: its request is answered with a redirect to `https://`.
+    to_https: bool,
 }
 
 impl Client {
@@ -276,6 +282,8 @@ pub struct Server {
     children: usize,
     /// Origin policy, per-address counts, the spare descriptor.
     protection: Protection,
+    /// `--tls-cert`: the certificates, the handshake budget, reloading.
+    tls: Option<TlsPort>,
 }
 
 impl Server {
@@ -303,6 +311,7 @@ impl Server {
             })?;
         }
         let protection = Protection::new(&config)?;
+        let tls = TlsPort::new(&config, Instant::now())?;
         let www = match &config.www {
             Some(dir) => WebRoot::dir(dir).map_err(|e| {
                 crate::error::io_context(format_args!("--www {}", dir.display()), e)
@@ -341,6 +350,7 @@ impl Server {
             endings: Vec::new(),
             children: 0,
             protection,
+            tls,
         })
     }
 
@@ -354,7 +364,10 @@ impl Server {
         if self.config.console {
             self.start_console();
         }
-        info!("listening on ws://{}", self.local_addr);
+        match self.tls {
+            Some(_) => info!("listening on wss://{} (and https://)", self.local_addr),
+            None => info!("listening on ws://{}", self.local_addr),
+        }
         loop {
             // Work queued during the last turn (reads cut short, output queued while flushing)
             // must not wait for an event that may never come.
@@ -370,6 +383,7 @@ impl Server {
                 }
             }
             self.now = Instant::now();
+            self.tls_new_turn();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -418,6 +432,9 @@ impl Server {
             if self.next_push.is_some_and(|at| now >= at) {
                 self.push(now);
             }
+            if self.tls_check_due(now) {
+                self.check_tls_files(now);
+            }
             // Exits are noticed on SIGCHLD; here only the SIGTERM/SIGKILL deadlines are kept.
             if self.endings.iter().any(|e| now >= e.next_deadline()) {
                 self.tick_endings(now);
@@ -464,6 +481,9 @@ impl Server {
         if let Some(at) = self.draining {
             next = next.min(at);
         }
+        if let Some(at) = self.tls.as_ref().and_then(|t| t.next_check) {
+            next = next.min(at);
+        }
         next
     }
 
@@ -487,18 +507,14 @@ impl Server {
                     self.clients.len(),
                     self.config.max_connections
                 );
-                let mut out = Vec::new();
-                handshake::write_refusal(&mut out, HandshakeError::Unavailable);
-                self.stats.refused.add(HandshakeError::Unavailable.status());
-                let _ = socket.write(&out);
+                self.refuse_unregistered(&mut socket, HandshakeError::Unavailable);
                 continue;
             }
             if self.over_per_ip_limit(&mut socket, peer) {
                 continue;
             }
             let _ = socket.set_nodelay(true);
-            let entry = self.clients.vacant_entry();
-            let key = entry.key();
+            let key = self.clients.vacant_key();
             if let Err(e) = self.poll.registry().register(
                 &mut socket,
                 Token(key << TOKEN_SHIFT),
@@ -508,8 +524,9 @@ impl Server {
                 continue;
             }
             self.serial += 1;
-            entry.insert(Client {
-                socket,
+            let transport = self.transport_for(socket);
+            let inserted = self.clients.insert(Client {
+                transport,
                 peer,
                 tcp_peer: peer,
                 serial: self.serial,
@@ -525,7 +542,9 @@ impl Server {
                 slow_dropped: 0,
                 bytes_in: 0,
                 bytes_out: 0,
+                to_https: false,
             });
+            debug_assert_eq!(inserted, key);
             self.arm(key);
             self.count_peer(peer);
             debug!("{peer}: connected");
@@ -537,6 +556,11 @@ impl Server {
     /// an error) came with this edge and no later edge will announce it.
     fn on_readable(&mut self, key: usize, drain: bool) {
         let mut buf = mem::take(&mut self.rbuf);
+        let mut scratch = self
+            .tls
+            .as_mut()
+            .map(|t| mem::take(&mut t.scratch))
+            .unwrap_or_default();
         let mut reads = 0;
         while let Some(client) = self.clients.get_mut(key) {
             if client.paused || client.peer_closed {
@@ -547,6 +571,12 @@ impl Server {
                 self.to_read.push(key);
                 break;
             }
+            if client.transport.handshaking() && !self.tls_may_read(key) {
+                break;
+            }
+            let Some(client) = self.clients.get_mut(key) else {
+                break;
+            };
             reads += 1;
             let mut want = buf.len();
             let mut direct = false;
@@ -558,16 +588,17 @@ impl Server {
                         // The buffer grows as the payload arrives: ask for what fits, so that
                         // a short read still means the socket is drained.
                         want = left.min(room.capacity() - room.len());
-                        read_into_spare(&client.socket, room, want)
+                        client.transport.read_into_spare(room, want, &mut scratch)
                     }
                     None => {
-                        if ws.large && ws.conn.at_frame_boundary() {
+                        // (Over TLS the payload is copied out of rustls either way.)
+                        if ws.large && ws.conn.at_frame_boundary() && !client.transport.is_tls() {
                             want = MAX_HEADER_LEN;
                         }
-                        client.socket.read(&mut buf[..want])
+                        client.transport.read(&mut buf[..want], &mut scratch)
                     }
                 },
-                _ => client.socket.read(&mut buf),
+                _ => client.transport.read(&mut buf, &mut scratch),
             };
             let n = match result {
                 Ok(0) => {
@@ -578,7 +609,12 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("{}: read error: {e}", client.peer);
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        // A TLS error; the alert that names it has been sent.
+                        info!("{}: TLS: {e}, closing", client.peer);
+                    } else {
+                        debug!("{}: read error: {e}", client.peer);
+                    }
                     self.end(key);
                     break;
                 }
@@ -608,6 +644,17 @@ impl Server {
             }
         }
         self.rbuf = buf;
+        if let Some(tls) = self.tls.as_mut() {
+            tls.scratch = scratch;
+        }
+        if self
+            .clients
+            .get(key)
+            .is_some_and(|c| c.transport.wants_write())
+        {
+            // TLS records (handshake answers) the socket did not take at once.
+            self.queue_flush(key);
+        }
         self.arm(key);
     }
 
@@ -676,7 +723,7 @@ impl Server {
             let result = match &mut client.phase {
                 Phase::Http(state) => {
                     let before = state.out.len();
-                    let r = state.out.flush_to(&mut client.socket);
+                    let r = client.transport.flush(&mut state.out);
                     client.bytes_out += (before - state.out.len()) as u64;
                     let (progressed, pending) = (state.out.len() < before, !state.out.is_empty());
                     let send = self.config.send_timeout;
@@ -685,7 +732,7 @@ impl Server {
                 }
                 Phase::WebSocket(ws) => {
                     let before = ws.conn.out.len();
-                    let r = ws.conn.out.flush_to(&mut client.socket);
+                    let r = client.transport.flush(&mut ws.conn.out);
                     client.bytes_out += (before - ws.conn.out.len()) as u64;
                     let progressed = ws.conn.out.len() < before;
                     ws.conn.flushed(now, progressed);
@@ -733,7 +780,7 @@ impl Server {
     /// bytes on our side do not turn the close into a reset (RFC 6455 §7.1.1).
     fn linger(&mut self, key: usize) {
         let client = &mut self.clients[key];
-        if client.socket.shutdown(Shutdown::Write).is_err() {
+        if client.transport.shutdown_write().is_err() {
             return self.end(key);
         }
         let peer = client.peer;
@@ -842,6 +889,7 @@ impl Server {
     fn sweep(&mut self) {
         for (_, client) in self.clients.iter_mut() {
             if !mem::take(&mut client.active) {
+                client.transport.shrink();
                 match &mut client.phase {
                     Phase::WebSocket(ws) => ws.conn.shrink(),
                     Phase::Http(state) => state.out.shrink(),
@@ -857,7 +905,10 @@ impl Server {
         let Some(mut client) = self.clients.try_remove(key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut client.socket);
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut client.transport.socket);
         if client.slow_dropped > 0 {
             info!(
                 "{}: ended; {} messages were dropped for it as a slow consumer",
@@ -896,22 +947,6 @@ impl Server {
             }
         }
     }
-}
-
-/// Reads up to `max` bytes into the spare capacity of `buf` (no zero-filling first).
-fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let spare = buf.spare_capacity_mut();
-    let max = max.min(spare.len());
-    // SAFETY: recv(2) writes at most `max` bytes into the spare capacity, which is at least
-    // that long.
-    let n = unsafe { libc::recv(socket.as_raw_fd(), spare.as_mut_ptr().cast(), max, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel initialised exactly these `n` bytes.
-    unsafe { buf.set_len(buf.len() + n as usize) };
-    Ok(n as usize)
 }
 
 /// The rule fan-out applies to each receiver: a receiver's unsent output never passes

@@ -11,10 +11,6 @@ use crate::forwarded;
 use crate::origin::{self, OriginError, OriginPolicy};
 use crate::target::Target;
 
-/// The scheme requests arrive over, for the server's own origin. TLS (or a trusted proxy's
-/// `X-Forwarded-Proto`) will make this `https`.
-pub(super) const SCHEME: &str = "http";
-
 /// While `accept(2)` keeps failing (descriptors out and the spare already spent, no kernel
 /// memory), the listener is retried this often: no new edge comes for connections already
 /// waiting in its backlog.
@@ -111,11 +107,14 @@ impl Server {
         }
     }
 
-    /// Answers a socket that never became a client, and counts the refusal.
+    /// Answers a socket that never became a client, and counts the refusal. On a TLS port
+    /// it is only closed: an answer would need a handshake, which is the CPU a refusal saves.
     pub(super) fn refuse_unregistered(&mut self, socket: &mut TcpStream, e: HandshakeError) {
-        let mut out = Vec::new();
-        handshake::write_refusal(&mut out, e);
-        let _ = socket.write(&out);
+        if self.tls.is_none() {
+            let mut out = Vec::new();
+            handshake::write_refusal(&mut out, e);
+            let _ = socket.write(&out);
+        }
         self.stats.refused.add(e.status());
     }
 
@@ -194,10 +193,11 @@ impl Server {
         &mut self,
         key: usize,
         head: &Head<'_>,
+        own_scheme: &'static str,
     ) -> Result<&'static str, HandshakeError> {
         let tcp_peer = self.clients[key].tcp_peer;
         if !self.is_trusted_proxy(tcp_peer) {
-            return Ok(SCHEME);
+            return Ok(own_scheme);
         }
         let values = |name| head.values(name).collect::<Vec<_>>();
         let (fwd, xff, xfp) = (
@@ -232,17 +232,18 @@ impl Server {
             }
             self.count_peer(found.addr);
         }
-        Ok(found.proto.unwrap_or(SCHEME))
+        Ok(found.proto.unwrap_or(own_scheme))
     }
 
     /// The `Origin` check for upgrades and `POST /publish` (the two things a hostile page
     /// could make a visitor's browser do here); logs a refusal with the flag that allows it.
+    /// `scheme` is how the request reached us (`https` over TLS): the server's own origin.
     pub(super) fn check_origin(
         &self,
         peer: SocketAddr,
+        scheme: &str,
         head: &Head<'_>,
         target: &Target<'_>,
-        scheme: &str,
     ) -> Result<(), HandshakeError> {
         let guarded = head.wants_websocket()
             || (head.method == "POST" && target.path.starts_with("/publish/"));

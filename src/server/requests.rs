@@ -51,10 +51,15 @@ impl Server {
                         self.refuse(key, HandshakeError::MissingHost);
                         break None;
                     }
-                    let checked = self.forwarded_client(key, &head).and_then(|scheme| {
+                    if self.clients[key].to_https {
+                        self.redirect_to_https(key, &head);
+                        break None;
+                    }
+                    let own = self.clients[key].transport.scheme();
+                    let checked = self.forwarded_client(key, &head, own).and_then(|scheme| {
                         let t = target::parse(head.method, head.target)
                             .map_err(HandshakeError::BadTarget)?;
-                        self.check_origin(self.clients[key].peer, &head, &t, scheme)
+                        self.check_origin(self.clients[key].peer, scheme, &head, &t)
                     });
                     if let Err(e) = checked {
                         self.refuse(key, e);
@@ -496,7 +501,7 @@ impl Server {
         // The 101 goes out now if nothing is ahead of it and the socket takes it (it nearly
         // always does), so that an idle connection keeps no output buffer.
         let sent = if conn.out.is_empty() {
-            client.socket.write(&self.scratch).unwrap_or_default()
+            client.transport.write_now(&self.scratch)
         } else {
             0
         };

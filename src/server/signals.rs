@@ -1,4 +1,4 @@
-//! SIGINT, SIGTERM and SIGCHLD, turned into a byte on a pipe the loop polls (the self-pipe
+//! SIGINT, SIGTERM, SIGCHLD and (with TLS) SIGHUP, turned into a byte on a pipe the loop polls (the self-pipe
 //! trick), so that no work happens in the signal handler and no thread is needed.
 
 use std::os::fd::{AsRawFd, IntoRawFd};
@@ -13,7 +13,7 @@ impl Server {
         self.poll
             .registry()
             .register(&mut receiver, SIGNALS, Interest::READABLE)?;
-        install(sender)?;
+        install(sender, self.tls.is_some())?;
         self.signals = Some(receiver);
         Ok(())
     }
@@ -21,12 +21,14 @@ impl Server {
     pub(super) fn on_signal(&mut self) {
         let mut stop = false;
         let mut child = false;
+        let mut hangup = false;
         if let Some(r) = &mut self.signals {
             let mut b = [0u8; 64];
             while let Ok(n @ 1..) = r.read(&mut b) {
                 for &sig in &b[..n] {
                     match sig as libc::c_int {
                         libc::SIGCHLD => child = true,
+                        libc::SIGHUP => hangup = true,
                         _ => stop = true,
                     }
                 }
@@ -34,6 +36,9 @@ impl Server {
         }
         if child {
             self.reap();
+        }
+        if hangup {
+            self.reload_tls("SIGHUP");
         }
         if stop {
             self.on_stop_signal();
@@ -97,11 +102,13 @@ extern "C" fn handle_signal(sig: libc::c_int) {
     }
 }
 
-pub fn install(sender: mio::unix::pipe::Sender) -> io::Result<()> {
+/// `hangup`: SIGHUP reloads the TLS certificates (without TLS it keeps its default action).
+pub fn install(sender: mio::unix::pipe::Sender, hangup: bool) -> io::Result<()> {
     let fd = sender.as_raw_fd();
     let _ = sender.into_raw_fd();
     PIPE.store(fd, Ordering::Relaxed);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD] {
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGHUP];
+    for sig in signals.into_iter().take(if hangup { 4 } else { 3 }) {
         // SAFETY: the handler only does an async-signal-safe write to a pipe.
         let old = unsafe {
             libc::signal(

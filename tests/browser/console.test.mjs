@@ -7,8 +7,9 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -54,7 +55,7 @@ function startServer(extraArgs = []) {
 
     const watch = (chunk) => {
       state.output += chunk.toString();
-      const match = state.output.match(/listening on ws:\/\/127\.0\.0\.1:(\d+)/);
+      const match = state.output.match(/listening on wss?:\/\/127\.0\.0\.1:(\d+)/);
       if (match && state.port === 0) {
         state.port = Number(match[1]);
         clearTimeout(timer);
@@ -393,5 +394,48 @@ test("8. with --publish-token, broadcast.html needs the token", { timeout: CASE_
     await page.close();
   } finally {
     await stopServer(guarded);
+  }
+});
+
+test("9. over https:// the console connects with wss://, and http:// is redirected", { timeout: CASE_MS }, async () => {
+  // A throwaway certificate, made here; the browser is told to accept it.
+  const dir = mkdtempSync(join(tmpdir(), "wsloop-browser-tls-"));
+  const cert = join(dir, "cert.pem");
+  const key = join(dir, "key.pem");
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], { stdio: "ignore" });
+  const secure = await startServer(["--tls-cert", cert, "--tls-key", key]);
+  const tlsBrowser = await chromium.launch({
+    executablePath: CHROMIUM,
+    timeout: 30_000,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--ignore-certificate-errors", "--disable-background-networking", "--disable-component-update"],
+  });
+  try {
+    const ctx = await tlsBrowser.newContext();
+    ctx.setDefaultTimeout(STEP_MS);
+    ctx.setDefaultNavigationTimeout(STEP_MS);
+    const page = await ctx.newPage();
+    page.scriptErrors = [];
+    page.on("pageerror", (err) => page.scriptErrors.push(err.message));
+
+    // Plain HTTP to the TLS port is sent on to https://.
+    await page.goto(`http://127.0.0.1:${secure.port}/`);
+    assert.equal(page.url(), `https://127.0.0.1:${secure.port}/`);
+    assert.equal(await page.inputValue("#url"), `wss://127.0.0.1:${secure.port}/echo`);
+
+    await page.click("#connect");
+    await waitForState(page, "OPEN (1)");
+    await page.fill("#text", "over TLS ✓");
+    await page.click("#send-text");
+    await waitForLog(page, "message", "over TLS ✓");
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    await page.screenshot({ path: join(SCREENSHOTS, "console-https.png") });
+    assertNoScriptErrors(page);
+  } finally {
+    await withTimeout(tlsBrowser.close(), 10_000, "closing the TLS browser").catch((err) => console.error(err.message));
+    await stopServer(secure);
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -41,9 +41,12 @@ impl TestServer {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(i) = line.find("listening on ws://") {
+                let found = ["listening on ws://", "listening on wss://"]
+                    .iter()
+                    .find_map(|m| line.find(m).map(|i| i + m.len()));
+                if let Some(at) = found {
                     // The address ends the text line; in a JSON line a quote follows it.
-                    let rest = &line[i + "listening on ws://".len()..];
+                    let rest = &line[at..];
                     let end = rest.find(['"', ' ']).unwrap_or(rest.len());
                     let addr: SocketAddr = rest[..end].trim().parse().unwrap();
                     if let Some(tx) = tx.take() {

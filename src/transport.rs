@@ -1,0 +1,561 @@
+//! What lies between a client's socket and the WebSocket/HTTP code: plain TCP, or TLS through
+//! `rustls::ServerConnection` (itself sans-I/O), chosen per connection by its first byte.
+//!
+//! The loop reads plaintext, writes plaintext and closes through [`Transport`]; the codec never
+//! asks whether the bytes were encrypted. The plain case is one enum branch away from the
+//! socket calls it made before TLS existed.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
+
+use crate::outbox::Outbox;
+
+/// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1,
+/// `ContentType.handshake`): what a ClientHello starts with.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Ciphertext taken from the socket per recv(2) on a TLS connection, into a buffer the caller
+/// shares between connections: rustls alone would read 4 KiB at a time.
+pub const TLS_READ_SIZE: usize = 64 * 1024;
+
+/// Ciphertext read but not yet taken by rustls (the caller's buffer was full) is kept per
+/// connection; a buffer larger than this is given back as soon as it is empty.
+const PENDING_KEEP: usize = 16 * 1024;
+
+/// A client connection's socket and the layer its bytes pass through.
+pub struct Transport {
+    pub socket: TcpStream,
+    layer: Layer,
+}
+
+enum Layer {
+    /// Bytes are the application's own.
+    Plain,
+    /// On a TLS port, before the first byte has arrived: it says whether TLS follows.
+    Undecided,
+    /// Boxed: a `ServerConnection` is large and plain connections should not pay for it.
+    Tls(Box<TlsState<ServerConnection>>),
+}
+
+/// A rustls connection and the ciphertext it has not taken yet.
+struct TlsState<C> {
+    conn: C,
+    pending: Vec<u8>,
+}
+
+impl<C> TlsState<C> {
+    fn new(conn: C) -> Box<Self> {
+        Box::new(TlsState {
+            conn,
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// What the first byte on a TLS port said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    /// Nothing yet (or the peer closed): ask again on the next readable edge.
+    Nothing,
+    /// A TLS handshake record: the connection is TLS from now on.
+    Tls,
+    /// Anything else: plain HTTP on the TLS port.
+    Plain,
+}
+
+impl Transport {
+    pub fn plain(socket: TcpStream) -> Self {
+        Transport {
+            socket,
+            layer: Layer::Plain,
+        }
+    }
+
+    /// A connection on a TLS port: TLS or plain is decided by [`Transport::sniff`].
+    pub fn undecided(socket: TcpStream) -> Self {
+        Transport {
+            socket,
+            layer: Layer::Undecided,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.layer, Layer::Tls(_))
+    }
+
+    pub fn is_undecided(&self) -> bool {
+        matches!(self.layer, Layer::Undecided)
+    }
+
+    /// The TLS handshake is not complete yet (or has not started on a TLS port).
+    pub fn handshaking(&self) -> bool {
+        match &self.layer {
+            Layer::Plain => false,
+            Layer::Undecided => true,
+            Layer::Tls(tls) => tls.conn.is_handshaking(),
+        }
+    }
+
+    /// The scheme of the server's own origin as this connection reached it (RFC 6454 §4).
+    pub fn scheme(&self) -> &'static str {
+        match self.layer {
+            Layer::Tls(_) => "https",
+            _ => "http",
+        }
+    }
+
+    /// The name the client asked for (SNI), once the handshake has read its ClientHello.
+    pub fn server_name(&self) -> Option<&str> {
+        match &self.layer {
+            Layer::Tls(tls) => tls.conn.server_name(),
+            _ => None,
+        }
+    }
+
+    /// Peeks at the first byte without taking it, and settles the layer: TLS with `config`
+    /// if it starts a handshake record, plain otherwise.
+    pub fn sniff(&mut self, config: &Arc<ServerConfig>) -> io::Result<Sniffed> {
+        if !self.is_undecided() {
+            return Ok(Sniffed::Nothing);
+        }
+        let mut first = [0u8; 1];
+        match self.socket.peek(&mut first) {
+            Ok(0) => {
+                // Closed before saying anything: the plain path reports the EOF.
+                self.layer = Layer::Plain;
+                Ok(Sniffed::Nothing)
+            }
+            Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => {
+                let conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+                self.layer = Layer::Tls(TlsState::new(conn));
+                Ok(Sniffed::Tls)
+            }
+            Ok(_) => {
+                self.layer = Layer::Plain;
+                Ok(Sniffed::Plain)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Sniffed::Nothing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads application bytes into `buf`. TLS: ciphertext is read from the socket into
+    /// `scratch` (at least [`TLS_READ_SIZE`]; unused for plain) and decrypted until `buf` is
+    /// full or the socket is drained, so that a short read still means "nothing more for
+    /// now", as it does for plain TCP. Handshake answers and alerts are written as they arise.
+    /// A TLS error is `InvalidData` (after the alert that names it is sent).
+    #[inline]
+    pub fn read(&mut self, buf: &mut [u8], scratch: &mut [u8]) -> io::Result<usize> {
+        match &mut self.layer {
+            Layer::Plain => self.socket.read(buf),
+            Layer::Undecided => Err(io::ErrorKind::WouldBlock.into()),
+            Layer::Tls(tls) => tls_read(
+                &mut tls.conn,
+                &mut tls.pending,
+                &mut self.socket,
+                buf,
+                scratch,
+            ),
+        }
+    }
+
+    /// Reads up to `max` bytes into the spare capacity of `buf` (a message being assembled).
+    pub fn read_into_spare(
+        &mut self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
+        match &mut self.layer {
+            Layer::Plain => read_into_spare(&self.socket, buf, max),
+            Layer::Undecided => Err(io::ErrorKind::WouldBlock.into()),
+            Layer::Tls(tls) => {
+                // rustls reads into initialised memory only: zero what it may fill.
+                let len = buf.len();
+                let max = max.min(buf.capacity() - len);
+                buf.resize(len + max, 0);
+                let r = tls_read(
+                    &mut tls.conn,
+                    &mut tls.pending,
+                    &mut self.socket,
+                    &mut buf[len..],
+                    scratch,
+                );
+                buf.truncate(len + *r.as_ref().unwrap_or(&0));
+                r
+            }
+        }
+    }
+
+    /// Gives back the ciphertext buffer of a quiet connection (rustls keeps its own 4 KiB
+    /// record buffer, which it has no call to release).
+    pub fn shrink(&mut self) {
+        if let Layer::Tls(tls) = &mut self.layer {
+            if tls.pending.is_empty() {
+                tls.pending = Vec::new();
+            }
+        }
+    }
+
+    /// Writes what `out` holds, as much as the socket takes: `Ok(true)` once everything is
+    /// on the wire (for TLS, including records rustls still held), `Ok(false)` if it would
+    /// block with bytes pending.
+    #[inline]
+    pub fn flush(&mut self, out: &mut Outbox) -> io::Result<bool> {
+        match &mut self.layer {
+            Layer::Plain | Layer::Undecided => out.flush_to(&mut self.socket),
+            Layer::Tls(tls) => {
+                let mut w = TlsWriter {
+                    tls: &mut tls.conn,
+                    socket: &mut self.socket,
+                };
+                let all = out.flush_to(&mut w)?;
+                Ok(all && w.push_records()?)
+            }
+        }
+    }
+
+    /// Writes `bytes` now if the socket takes them; returns how many were taken (the caller
+    /// queues the rest).
+    pub fn write_now(&mut self, bytes: &[u8]) -> usize {
+        match &mut self.layer {
+            Layer::Plain | Layer::Undecided => self.socket.write(bytes).unwrap_or_default(),
+            Layer::Tls(tls) => TlsWriter {
+                tls: &mut tls.conn,
+                socket: &mut self.socket,
+            }
+            .write(bytes)
+            .unwrap_or_default(),
+        }
+    }
+
+    /// TLS records (handshake answers, alerts) wait for the socket to take them.
+    pub fn wants_write(&self) -> bool {
+        match &self.layer {
+            Layer::Tls(tls) => tls.conn.wants_write(),
+            _ => false,
+        }
+    }
+
+    /// Ends our direction: TLS sends `close_notify` first (RFC 8446 §6.1), then the FIN.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Layer::Tls(tls) = &mut self.layer {
+            tls.conn.send_close_notify();
+            let _ = write_records(&mut tls.conn, &mut self.socket);
+        }
+        self.socket.shutdown(Shutdown::Write)
+    }
+}
+
+/// Reads up to `max` bytes into the spare capacity of `buf` (no zero-filling first).
+fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    // SAFETY: recv(2) writes at most `max` bytes into the spare capacity, which is at least
+    // that long.
+    let n = unsafe { libc::recv(socket.as_raw_fd(), spare.as_mut_ptr().cast(), max, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel initialised exactly these `n` bytes.
+    unsafe { buf.set_len(buf.len() + n as usize) };
+    Ok(n as usize)
+}
+
+fn tls_read<D>(
+    tls: &mut ConnectionCommon<D>,
+    pending: &mut Vec<u8>,
+    socket: &mut TcpStream,
+    buf: &mut [u8],
+    scratch: &mut [u8],
+) -> io::Result<usize> {
+    debug_assert!(!scratch.is_empty(), "an empty read would look like EOF");
+    let mut filled = 0;
+    let mut drained = false;
+    loop {
+        match take_plaintext(tls, &mut buf[filled..])? {
+            Some(n) => filled += n,
+            // `close_notify` or EOF: reported now, or (after these bytes) on the next call.
+            None => return Ok(filled),
+        }
+        if filled == buf.len() {
+            return Ok(filled);
+        }
+        if !pending.is_empty() {
+            let taken = feed(tls, socket, pending)?;
+            pending.drain(..taken);
+            if pending.is_empty() && pending.capacity() > PENDING_KEEP {
+                *pending = Vec::new();
+            }
+            continue;
+        }
+        if drained {
+            return if filled > 0 {
+                Ok(filled)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = match socket.read(scratch) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return if filled > 0 { Ok(filled) } else { Err(e) };
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            // rustls learns of the EOF from an empty read; what it still holds comes first.
+            feed(tls, socket, &[])?;
+            continue;
+        }
+        drained = n < scratch.len();
+        let mut at = 0;
+        while at < n {
+            at += feed(tls, socket, &scratch[at..n])?;
+            match take_plaintext(tls, &mut buf[filled..])? {
+                Some(k) => filled += k,
+                None => break,
+            }
+            if filled == buf.len() {
+                // rustls holds at most 16 KiB of plaintext: the rest waits as ciphertext.
+                pending.extend_from_slice(&scratch[at..n]);
+                break;
+            }
+        }
+    }
+}
+
+/// Moves decrypted bytes into `buf`: `Some(n)`, or `None` once the peer's `close_notify`
+/// (RFC 8446 §6.1) or its TCP close has been reached. A TCP close without `close_notify` is
+/// an EOF like any other: WebSocket and HTTP/1.1 framing say whether anything was cut short.
+fn take_plaintext<D>(tls: &mut ConnectionCommon<D>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    if buf.is_empty() {
+        return Ok(Some(0));
+    }
+    match tls.reader().read(buf) {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(0)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Hands ciphertext to rustls (an empty slice means EOF) and processes it; returns how much
+/// it took. Records rustls answers with (handshake, alerts) are written at once.
+fn feed<D>(
+    tls: &mut ConnectionCommon<D>,
+    socket: &mut TcpStream,
+    data: &[u8],
+) -> io::Result<usize> {
+    let mut rest = data;
+    let r = tls.read_tls(&mut rest);
+    let taken = data.len() - rest.len();
+    let processed = r.and_then(|_| {
+        tls.process_new_packets()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    });
+    if let Err(e) = processed {
+        // The alert rustls queued for this error goes out before the connection ends.
+        let _ = write_records(tls, socket);
+        return Err(e);
+    }
+    if tls.wants_write() {
+        write_records(tls, socket)?;
+    }
+    Ok(taken)
+}
+
+/// Writes the records rustls holds until it has none or the socket would block; `Ok(true)`
+/// when none are left.
+fn write_records<D>(tls: &mut ConnectionCommon<D>, socket: &mut TcpStream) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(socket) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// The outbox's writer on a TLS connection: plaintext goes into rustls's `writer()` and the
+/// records it makes go to the socket. Plaintext is taken only while rustls has no records
+/// stuck, so the unsent output stays in the outbox, where backpressure counts it.
+struct TlsWriter<'a, D> {
+    tls: &'a mut ConnectionCommon<D>,
+    socket: &'a mut TcpStream,
+}
+
+impl<D> TlsWriter<'_, D> {
+    fn push_records(&mut self) -> io::Result<bool> {
+        write_records(self.tls, self.socket)
+    }
+}
+
+impl<D> Write for TlsWriter<'_, D> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if !self.push_records()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.tls.writer().write_vectored(bufs)?;
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            // rustls's own buffer is full (before the handshake ends): wait for the socket.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.push_records()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.push_records().map(|_| ())
+    }
+}
+
+/// The client's side (`wsloop client wss://`): the same reads and writes over a
+/// `ClientConnection`, once its handshake is done.
+pub struct ClientTransport {
+    pub socket: TcpStream,
+    tls: Option<Box<TlsState<ClientConnection>>>,
+    scratch: Vec<u8>,
+}
+
+impl ClientTransport {
+    pub fn new(socket: TcpStream, tls: Option<ClientConnection>) -> Self {
+        let scratch = match tls {
+            Some(_) => vec![0; TLS_READ_SIZE],
+            None => Vec::new(),
+        };
+        ClientTransport {
+            socket,
+            tls: tls.map(TlsState::new),
+            scratch,
+        }
+    }
+
+    /// Reads application bytes; see [`Transport::read`].
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.socket.read(buf),
+            Some(tls) => tls_read(
+                &mut tls.conn,
+                &mut tls.pending,
+                &mut self.socket,
+                buf,
+                &mut self.scratch,
+            ),
+        }
+    }
+
+    /// Writes what `out` holds; see [`Transport::flush`].
+    pub fn flush(&mut self, out: &mut Outbox) -> io::Result<bool> {
+        match &mut self.tls {
+            None => out.flush_to(&mut self.socket),
+            Some(tls) => {
+                let mut w = TlsWriter {
+                    tls: &mut tls.conn,
+                    socket: &mut self.socket,
+                };
+                let all = out.flush_to(&mut w)?;
+                Ok(all && w.push_records()?)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A TLS connection over loopback: the server side as a `Transport`, the client side as
+    /// rustls's blocking stream in a thread that sends `data` and then closes.
+    fn pair(data: Vec<u8>) -> (Transport, std::thread::JoinHandle<()>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("wsloop-transport-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = crate::tls::CertFiles {
+            cert: dir.join("c.pem"),
+            key: dir.join("k.pem"),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        let config = crate::tls::server_config(std::slice::from_ref(&files)).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let tcp = std::net::TcpStream::connect(addr).unwrap();
+            let config = crate::tls::client_config(None, true).unwrap();
+            let name = "localhost".try_into().unwrap();
+            let conn = rustls::ClientConnection::new(config, name).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            s.write_all(&data).unwrap();
+            s.conn.send_close_notify();
+            s.flush().unwrap();
+            // Unread session tickets would turn our close into a reset: read until the end.
+            s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+            let _ = std::io::copy(&mut s.sock, &mut std::io::sink());
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let mut t = Transport::undecided(TcpStream::from_std(tcp));
+        let end = Instant::now() + Duration::from_secs(10);
+        while t.sniff(&config).unwrap() != Sniffed::Tls {
+            assert!(Instant::now() < end, "no ClientHello");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (t, client)
+    }
+
+    /// Reads everything with reads of `step` bytes until the peer's close_notify.
+    fn read_all(t: &mut Transport, step: usize) -> Vec<u8> {
+        let mut scratch = vec![0; TLS_READ_SIZE];
+        let mut got = Vec::new();
+        let mut buf = vec![0; step];
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < end, "only {} bytes arrived", got.len());
+            match t.read(&mut buf, &mut scratch) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                // The socket is drained: wait (briefly) for the next bytes.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_reads_of_any_size_get_every_byte_then_eof() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        for step in [7, 4096, 100_000] {
+            let (mut t, client) = pair(data.clone());
+            assert!(t.is_tls() && t.scheme() == "https");
+            assert_eq!(read_all(&mut t, step), data, "reads of {step}");
+            t.shrink();
+            drop(t);
+            client.join().unwrap();
+        }
+    }
+}
