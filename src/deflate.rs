@@ -14,6 +14,9 @@ use zlib_rs::{Deflate, DeflateFlush, Inflate, InflateFlush, Status};
 pub use crate::error::DeflateError;
 use crate::frame::Role;
 
+pub mod codec;
+pub use codec::{PerMessage, SharedCodec};
+
 /// The extension token (RFC 7692 §5).
 pub const EXTENSION: &str = "permessage-deflate";
 
@@ -717,6 +720,15 @@ impl Inflater {
                 *state = Inflate::new(false, self.window_bits);
             }
         }
+    }
+
+    /// Abandons a message half inflated (its connection failed): the next message, maybe
+    /// another connection's, starts from a fresh state.
+    pub fn abort(&mut self) {
+        self.mid_message = false;
+        self.produced = 0;
+        self.ended = false;
+        self.stale = true;
     }
 
     /// Gives the zlib state back between messages when the peer keeps no context; `false` (kept)
