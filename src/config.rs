@@ -158,9 +158,10 @@ pub struct Config {
     pub exec_grace: Duration,
 
     /// permessage-deflate (RFC 7692): `off`; `shared` (one compressor per loop, no context
-    /// kept between messages, no state per connection); `dedicated` (context kept both ways
-    /// for the best ratio, about 220 KiB per active connection at the defaults).
-    #[arg(long, value_enum, default_value_t = DeflateMode::Off)]
+    /// kept between messages, no state per connection: on by default, as every browser
+    /// offers it); `dedicated` (context kept both ways for the best ratio, about 220 KiB per
+    /// active connection at the defaults).
+    #[arg(long, value_enum, default_value_t = DeflateMode::Shared)]
     pub deflate: DeflateMode,
 
     /// Deflate: LZ77 window, log2 bytes (9..=15), for our compressor and asked of clients.

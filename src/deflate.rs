@@ -62,7 +62,7 @@ pub struct DeflateConfig {
 impl Default for DeflateConfig {
     fn default() -> Self {
         DeflateConfig {
-            mode: DeflateMode::Off,
+            mode: DeflateMode::Shared,
             window_bits: 13,
             client_window_bits: 13,
             mem_level: 4,

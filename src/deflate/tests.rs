@@ -14,7 +14,7 @@ fn cfg(mode: DeflateMode) -> DeflateConfig {
 fn flags_default_to_the_config_default() {
     let from_flags = DeflateConfig::from(&crate::Config::default());
     assert_eq!(from_flags, DeflateConfig::default());
-    assert_eq!(from_flags.mode, DeflateMode::Off);
+    assert_eq!(from_flags.mode, DeflateMode::Shared);
 }
 
 /// The response value for one header line of offers, or `None` when all are declined.
