@@ -172,8 +172,9 @@ pub struct Config {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub deflate_mem_level: u8,
 
-    /// Deflate: compression level, 1 (fastest) ..= 9 (smallest, slowest).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    /// Deflate: compression level, 2 (fastest) ..= 9 (smallest, slowest); 1 is taken as 2
+    /// (zlib-rs 0.6.8 panics in level 1 on poorly compressible data).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub deflate_level: u8,
 
     /// Deflate: messages shorter than this are sent uncompressed.

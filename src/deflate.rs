@@ -66,7 +66,7 @@ impl Default for DeflateConfig {
             window_bits: 13,
             client_window_bits: 13,
             mem_level: 4,
-            level: 1,
+            level: 2,
             threshold: 64,
         }
     }
@@ -493,7 +493,9 @@ impl Compressor {
             state: None,
             window_bits: window_bits.clamp(MIN_OWN_WINDOW, 15),
             mem_level: cfg.mem_level.clamp(1, 9),
-            level: cfg.level.clamp(1, 9),
+            // zlib-rs 0.6.8 panics in level 1 (deflate_quick) on poorly compressible input
+            // at every memLevel (found by Autobahn case 12.2.3): level 2 is the fastest safe one.
+            level: cfg.level.clamp(2, 9),
             threshold: cfg.threshold,
             keep_context,
             stale: false,

@@ -484,3 +484,38 @@ fn a_message_cut_off_by_its_budget_leaves_nothing_behind() {
     assert!(c.compress(msg, &mut wire).unwrap());
     assert_eq!(inflate_pieces(&mut inf, &[&wire], msg.len()).unwrap(), msg);
 }
+
+#[test]
+fn level_one_is_taken_as_two_where_zlib_rs_panics() {
+    // Autobahn 12.2.3 (image data) made zlib-rs 0.6.8's deflate_quick panic at level 1.
+    let mut x = 0x1234_5678u32;
+    for mem_level in [1, 4, 9] {
+        let d = DeflateConfig {
+            level: 1,
+            mem_level,
+            threshold: 0,
+            ..cfg(DeflateMode::Shared)
+        };
+        for (mask, size) in [(0xff, 256), (0x7f, 1024), (0x0f, 16384), (0xff, 65536)] {
+            let data: Vec<u8> = (0..size)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8 & mask
+                })
+                .collect();
+            let mut c = Compressor::new(13, false, &d);
+            for _ in 0..3 {
+                let mut out = Vec::new();
+                if c.compress(&data, &mut out).unwrap() {
+                    let mut back = Vec::new();
+                    Inflater::new(13, false)
+                        .inflate(&out, true, &mut back, usize::MAX)
+                        .unwrap();
+                    assert_eq!(back, data);
+                }
+            }
+        }
+    }
+}
