@@ -537,22 +537,18 @@ impl Compressor {
                     ..zlib_rs::DeflateConfig::default()
                 })),
         };
-        // It pays only when shorter than the payload once the 4-byte tail is gone: stop there.
+        // It pays only when shorter than the payload once the 4-byte tail is gone.
         let budget = payload.len() + TAIL.len() - 1;
+        // zlib-rs 0.6.8 can panic ("buf.len() must fit in remaining()", in a stored block)
+        // when output room runs short mid-message (Autobahn 12.2.3): give it room for the
+        // worst case (stored blocks: 5 bytes per 16 KiB, plus the flush) and judge at the end.
+        out.reserve(payload.len() + payload.len() / 1024 * 5 + 64);
         let mut consumed = 0;
         loop {
-            if out.len() - start >= budget {
-                // Those bytes went into the window but will not reach the peer (§7.2.1 note).
-                out.truncate(start);
-                self.stale = true;
-                return Ok(false);
-            }
             if out.capacity() == out.len() {
-                let have = out.len() - start;
-                let grow = (payload.len() / 2 + 64).max(have).min(budget - have);
-                out.reserve_exact(grow);
+                out.reserve(payload.len() / 2 + 64);
             }
-            let room = (budget - (out.len() - start)).min(out.capacity() - out.len());
+            let room = out.capacity() - out.len();
             let spare = &mut out.spare_capacity_mut()[..room];
             let (in_before, out_before) = (state.total_in(), state.total_out());
             let result =
@@ -575,6 +571,12 @@ impl Compressor {
             out.truncate(start);
             self.state = None;
             return Err(DeflateError::Internal);
+        }
+        if out.len() - start >= budget {
+            // Those bytes went into the window but will not reach the peer (§7.2.1 note).
+            out.truncate(start);
+            self.stale = true;
+            return Ok(false);
         }
         out.truncate(out.len() - TAIL.len());
         Ok(true)
