@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the Autobahn|Testsuite fuzzing client (groups 1-10) against a fresh release build of
-# wsloop on loopback and fails unless every case is OK, bar the three the suite rates
+# Runs the Autobahn|Testsuite fuzzing client against a fresh release build of wsloop on
+# loopback: groups 1-10, then groups 12 and 13 (permessage-deflate, 216 cases, with the
+# default --deflate shared; not repeated with --tls). Fails unless every case is OK, bar the three the suite rates
 # INFORMATIONAL for every server (7.1.6, 7.13.1, 7.13.2). No NON-STRICT is accepted.
 #
 # Needs ../shared/autobahn beside the project (set AUTOBAHN_DIR to point elsewhere).
@@ -38,15 +39,21 @@ done
 [ -n "${PORT:-}" ] || { echo "autobahn.sh: server did not start" >&2; cat "$LOG" >&2; exit 1; }
 
 bash "$AB/run.sh" "$SCHEME://127.0.0.1:$PORT/" "$OUT"
-python3 "$AB/summarize.py" "$OUT" --json > "$OUT/summary.json"
-python3 - "$OUT/summary.json" <<'PY'
+# permessage-deflate (groups 12 and 13) once, over plain ws://: TLS does not change it.
+if [ -z "$TLS" ]; then
+  EXCLUDE_CASES= bash "$AB/run.sh" "ws://127.0.0.1:$PORT/" "$OUT/deflate" '12.*,13.*'
+fi
+check() {
+python3 "$AB/summarize.py" "$1" --json > "$1/summary.json"
+python3 - "$1/summary.json" "$2" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
+expected = int(sys.argv[2])
 allowed = {"7.1.6", "7.13.1", "7.13.2"}
 bad = []
 for agent, r in s.items():
-    if r["cases"] != 301:
-        bad.append(f"{agent}: {r['cases']} cases run, expected 301")
+    if r["cases"] != expected:
+        bad.append(f"{agent}: {r['cases']} cases run, expected {expected}")
     for c in r["non_ok"]:
         ok_info = c["id"] in allowed and c["behavior"] in ("OK", "INFORMATIONAL") \
             and c["behaviorClose"] in ("OK", "INFORMATIONAL")
@@ -58,3 +65,6 @@ if bad:
     sys.exit(1)
 print("autobahn: all cases OK (7.1.6, 7.13.1, 7.13.2 informational)")
 PY
+}
+check "$OUT" 301
+if [ -z "$TLS" ]; then check "$OUT/deflate" 216; fi

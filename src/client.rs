@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::parse_duration;
 use crate::connection::{Connection, Event, MessageKind};
+use crate::deflate::{self, Agreed, DeflateConfig, DeflateMode, PerMessage};
 use crate::error::ProtocolError;
 use crate::frame::{random_mask, Role};
 use crate::handshake::accept_key;
@@ -101,6 +102,22 @@ pub struct ClientArgs {
     /// Print the connection, the negotiated subprotocol and the close to stderr.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+
+    /// Offer permessage-deflate (RFC 7692) and, if the server agrees, compress messages of
+    /// 64 bytes or more and inflate the server's.
+    #[arg(long)]
+    pub deflate: bool,
+}
+
+/// What `wsloop client --deflate` offers: context kept both ways if the server allows, a
+/// 32 KiB window (any server window accepted), and any window the server asks of us.
+fn client_deflate() -> DeflateConfig {
+    DeflateConfig {
+        mode: DeflateMode::Dedicated,
+        window_bits: 15,
+        client_window_bits: 15,
+        ..DeflateConfig::default()
+    }
 }
 
 /// Bound on connect plus handshake when `--timeout` is not given.
@@ -347,6 +364,17 @@ pub enum Answer {
 /// Checks the response head in `buf` (§4.1, "the client MUST validate the server's response").
 /// `Ok(None)` means the head is not complete yet.
 pub fn check_response(buf: &[u8], key: &str, offered: &[String]) -> Result<Option<Answer>, String> {
+    Ok(check_response_with(buf, key, offered, None)?.map(|(answer, _)| answer))
+}
+
+/// [`check_response`] after offering permessage-deflate with `deflate`: also the agreement,
+/// if the server accepted the offer (RFC 7692 §7.1: an answer not matching it fails).
+pub fn check_response_with(
+    buf: &[u8],
+    key: &str,
+    offered: &[String],
+    deflate: Option<&DeflateConfig>,
+) -> Result<Option<(Answer, Option<Agreed>)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -372,12 +400,13 @@ pub fn check_response(buf: &[u8], key: &str, offered: &[String]) -> Result<Optio
         let content_length = values("Content-Length")
             .first()
             .and_then(|v| v.parse().ok());
-        return Ok(Some(Answer::Refused {
+        let refused = Answer::Refused {
             head_len,
             status,
             reason: resp.reason.unwrap_or("").to_string(),
             content_length,
-        }));
+        };
+        return Ok(Some((refused, None)));
     }
     if !has_token("Upgrade", "websocket") {
         return Err("the 101 response lacks `Upgrade: websocket`".into());
@@ -391,9 +420,14 @@ pub fn check_response(buf: &[u8], key: &str, offered: &[String]) -> Result<Optio
         [] => return Err("the 101 response lacks Sec-WebSocket-Accept".into()),
         _ => return Err("Sec-WebSocket-Accept does not match the key sent".into()),
     }
-    if !values("Sec-WebSocket-Extensions").is_empty() {
-        return Err("the server chose an extension, but none was offered".into());
-    }
+    let agreed = match (values("Sec-WebSocket-Extensions").as_slice(), deflate) {
+        ([], _) => None,
+        ([v], Some(cfg)) => {
+            Some(deflate::accept_response(v.as_bytes(), cfg).map_err(|e| e.to_string())?)
+        }
+        (_, None) => return Err("the server chose an extension, but none was offered".into()),
+        _ => return Err("more than one Sec-WebSocket-Extensions line".into()),
+    };
     let protocol = match values("Sec-WebSocket-Protocol").as_slice() {
         [] => None,
         [p] if offered.iter().any(|o| o == p) => Some(p.clone()),
@@ -404,7 +438,7 @@ pub fn check_response(buf: &[u8], key: &str, offered: &[String]) -> Result<Optio
         }
         _ => return Err("the server chose more than one subprotocol".into()),
     };
-    Ok(Some(Answer::Accepted { head_len, protocol }))
+    Ok(Some((Answer::Accepted { head_len, protocol }, agreed)))
 }
 
 /// A line (or the end) of stdin, from the reader thread.
@@ -492,15 +526,34 @@ fn run_client(args: &ClientArgs) -> Result<i32, Failure> {
     } else {
         Blocking::Plain(tcp)
     };
+    let deflate_cfg = client_deflate();
+    let offer_deflate = args.deflate
+        && !extra
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("Sec-WebSocket-Extensions"));
+    let mut extra = extra;
+    if offer_deflate {
+        extra.push((
+            "Sec-WebSocket-Extensions".into(),
+            deflate::client_offer(&deflate_cfg),
+        ));
+    }
     let request = build_request(&url, &random_key(), &protocols, &extra);
-    let (protocol, leftover) = handshake(&mut stream, &request, &protocols, handshake_deadline)
-        .map_err(|f| match f.code {
-            exit::TIMEOUT => failure(
-                exit::TIMEOUT,
-                format!("timed out after {limit} waiting for the upgrade response"),
-            ),
-            _ => f,
-        })?;
+    let offered_deflate = offer_deflate.then_some(&deflate_cfg);
+    let (protocol, agreed, leftover) = handshake(
+        &mut stream,
+        &request,
+        &protocols,
+        offered_deflate,
+        handshake_deadline,
+    )
+    .map_err(|f| match f.code {
+        exit::TIMEOUT => failure(
+            exit::TIMEOUT,
+            format!("timed out after {limit} waiting for the upgrade response"),
+        ),
+        _ => f,
+    })?;
     if args.verbose {
         let chosen = match (&protocol, protocols.is_empty()) {
             (Some(p), _) => format!(" (protocol: {p})"),
@@ -508,6 +561,14 @@ fn run_client(args: &ClientArgs) -> Result<i32, Failure> {
             (None, true) => String::new(),
         };
         eprintln!("wsloop client: connected to {url}{chosen}");
+        if let Some(a) = &agreed {
+            let mut ext = Vec::new();
+            a.write_header(&mut ext);
+            eprintln!(
+                "wsloop client: extensions: {}",
+                String::from_utf8_lossy(&ext)
+            );
+        }
     }
 
     let local = |e: io::Error| failure(exit::FAILED, format!("I/O error: {e}"));
@@ -524,9 +585,13 @@ fn run_client(args: &ClientArgs) -> Result<i32, Failure> {
         (true, Some(t)) => Some(start + t),
         _ => None,
     };
+    let mut conn = Connection::new(Role::Client, args.max_message_size);
+    if let Some(agreed) = agreed {
+        conn.set_deflate(PerMessage::dedicated(agreed, deflate_cfg));
+    }
     let mut session = Session {
         args,
-        conn: Connection::new(Role::Client, args.max_message_size),
+        conn,
         sock,
         received: 0,
         close_sent: false,
@@ -667,14 +732,18 @@ fn read_until_deadline(s: &mut Blocking, buf: &mut [u8], deadline: Instant) -> i
     }
 }
 
+/// The subprotocol and deflate agreement of an accepted upgrade, and the bytes after its head.
+type Upgraded = (Option<String>, Option<Agreed>, Vec<u8>);
+
 /// Sends the upgrade request and checks the answer. Returns the subprotocol chosen and any
 /// bytes that followed the head (frames the server sent at once).
 fn handshake(
     s: &mut Blocking,
     request: &Request,
     offered: &[String],
+    deflate: Option<&DeflateConfig>,
     deadline: Instant,
-) -> Result<(Option<String>, Vec<u8>), Failure> {
+) -> Result<Upgraded, Failure> {
     let io_fail = |what: &str, e: io::Error| {
         if is_timeout(&e) {
             failure(exit::TIMEOUT, format!("timed out {what}"))
@@ -694,16 +763,19 @@ fn handshake(
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
-        match check_response(&buf, &request.key, offered) {
-            Ok(Some(Answer::Accepted { head_len, protocol })) => {
-                return Ok((protocol, buf.split_off(head_len)));
+        match check_response_with(&buf, &request.key, offered, deflate) {
+            Ok(Some((Answer::Accepted { head_len, protocol }, agreed))) => {
+                return Ok((protocol, agreed, buf.split_off(head_len)));
             }
-            Ok(Some(Answer::Refused {
-                head_len,
-                status,
-                reason,
-                content_length,
-            })) => {
+            Ok(Some((
+                Answer::Refused {
+                    head_len,
+                    status,
+                    reason,
+                    content_length,
+                },
+                _,
+            ))) => {
                 let body = read_body(s, buf.split_off(head_len), content_length, deadline);
                 let first = String::from_utf8_lossy(&body)
                     .lines()

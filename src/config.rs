@@ -180,9 +180,10 @@ pub struct Config {
     pub exec_grace: Duration,
 
     /// permessage-deflate (RFC 7692): `off`; `shared` (one compressor per loop, no context
-    /// kept between messages, no state per connection); `dedicated` (context kept both ways
-    /// for the best ratio, about 220 KiB per active connection at the defaults).
-    #[arg(long, value_enum, default_value_t = DeflateMode::Off)]
+    /// kept between messages, no state per connection: on by default, as every browser
+    /// offers it); `dedicated` (context kept both ways for the best ratio, about 220 KiB per
+    /// active connection at the defaults).
+    #[arg(long, value_enum, default_value_t = DeflateMode::Shared)]
     pub deflate: DeflateMode,
 
     /// Deflate: LZ77 window, log2 bytes (9..=15), for our compressor and asked of clients.
@@ -193,8 +194,9 @@ pub struct Config {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub deflate_mem_level: u8,
 
-    /// Deflate: compression level, 1 (fastest) ..= 9 (smallest, slowest).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    /// Deflate: compression level, 2 (fastest) ..= 9 (smallest, slowest); 1 is taken as 2
+    /// (zlib-rs 0.6.8 panics in level 1 on poorly compressible data).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub deflate_level: u8,
 
     /// Deflate: messages shorter than this are sent uncompressed.

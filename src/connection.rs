@@ -9,7 +9,8 @@ use std::mem;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::error::{close_code, ProtocolError};
+use crate::deflate::PerMessage;
+use crate::error::{close_code, DeflateError, ProtocolError};
 use crate::frame::{
     apply_mask, encode_frame, encode_header, parse_header, random_mask, FrameHeader, Opcode, Parse,
     Role, MAX_HEADER_LEN,
@@ -98,7 +99,13 @@ struct Assembly {
     kind: MessageKind,
     data: Vec<u8>,
     utf8: Utf8Validator,
+    /// RSV1 was set on the first frame: `data` holds DEFLATE bytes, inflated at the end.
+    compressed: bool,
 }
+
+/// Compressed bytes handed to the inflater at a time, so that UTF-8 is checked as the text
+/// comes out rather than once the whole message is inflated.
+const INFLATE_STEP: usize = 16 * 1024;
 
 /// How long each of a connection's timers runs; shared by every connection of a server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +153,8 @@ pub struct Connection {
     /// The code of the close frame we queued, for the server's counters (1005, "no status",
     /// for an empty close: §7.4.1 reserves it for exactly that meaning).
     close_sent: Option<u16>,
+    /// permessage-deflate, when agreed (boxed: a connection without it pays one pointer).
+    deflate: Option<Box<PerMessage>>,
     /// Bytes to send to the peer.
     pub out: Outbox,
 }
@@ -167,8 +176,20 @@ impl Connection {
             timers: TimerTable::new(Instant::now()),
             timeouts: None,
             close_sent: None,
+            deflate: None,
             out: Outbox::new(),
         }
+    }
+
+    /// The handshake agreed on permessage-deflate (RFC 7692): from now on RSV1 marks a
+    /// compressed message, and messages worth it are sent compressed.
+    pub fn set_deflate(&mut self, deflate: PerMessage) {
+        self.deflate = Some(Box::new(deflate));
+    }
+
+    /// The agreed permessage-deflate, if any.
+    pub fn deflate(&self) -> Option<&PerMessage> {
+        self.deflate.as_deref()
     }
 
     /// Starts the connection's timers: keepalive from `now`, and from then on the close and
@@ -258,6 +279,9 @@ impl Connection {
     pub fn shrink(&mut self) {
         self.spare = Vec::new();
         self.out.shrink();
+        if let Some(d) = &mut self.deflate {
+            d.release();
+        }
     }
 
     pub fn state(&self) -> State {
@@ -358,7 +382,11 @@ impl Connection {
                 if let Some(key) = header.mask {
                     apply_mask(payload, key, 0);
                 }
-                self.whole_frame(header.opcode, payload, on);
+                if header.rsv != 0 {
+                    self.inflate_whole(header.opcode, payload, on);
+                } else {
+                    self.whole_frame(header.opcode, payload, on);
+                }
             } else {
                 self.start_frame(&header, skip, input.len() - pos);
                 if len == 0 {
@@ -423,7 +451,7 @@ impl Connection {
         }
         frame.done += n as u64;
         self.frame = Some(frame);
-        if m.kind == MessageKind::Text && m.utf8.feed(piece).is_err() {
+        if m.kind == MessageKind::Text && !m.compressed && m.utf8.feed(piece).is_err() {
             return self.fail(ProtocolError::InvalidUtf8, None, on);
         }
         if frame.done == frame.len {
@@ -439,7 +467,7 @@ impl Connection {
         }
         // §5.2: "MUST be 0 unless an extension is negotiated that defines meanings".
         if h.rsv != 0 {
-            return Err(ProtocolError::ReservedBits);
+            self.check_rsv(h)?;
         }
         match (self.role, h.mask.is_some()) {
             // §5.1: "The server MUST close the connection upon receiving a frame that is not masked."
@@ -477,6 +505,86 @@ impl Connection {
         Ok(false)
     }
 
+    /// RSV1 is permessage-deflate's, when agreed (RFC 7692 §6); RSV2 and RSV3 mean nothing.
+    #[cold]
+    fn check_rsv(&self, h: &FrameHeader) -> Result<(), ProtocolError> {
+        if h.rsv != 0b100 || self.deflate.is_none() {
+            return Err(ProtocolError::ReservedBits);
+        }
+        // RFC 7692 §6.1: "An endpoint MUST NOT set the "Per-Message Compressed" bit of
+        // control frames and non-first fragments of a data message."
+        if h.opcode.is_control() || h.opcode == Opcode::Continuation {
+            return Err(ProtocolError::MisplacedCompressedBit);
+        }
+        Ok(())
+    }
+
+    /// A compressed message whose one frame is all here: inflated straight from the input.
+    fn inflate_whole<F>(&mut self, opcode: Opcode, payload: &[u8], on: &mut F)
+    where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        let kind = if opcode == Opcode::Text {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        let mut out = self.take_buffer();
+        self.deliver_inflated(kind, payload, &mut out, on);
+        self.keep_buffer(out);
+    }
+
+    /// Inflates a whole compressed message into `out` and hands it over, or fails the
+    /// connection: over the size limit (counted in inflated bytes, while inflating: RFC 6455
+    /// §10.4), not DEFLATE (RFC 7692 §6.2), or not UTF-8 as the text comes out (§8.1).
+    fn deliver_inflated<F>(
+        &mut self,
+        kind: MessageKind,
+        compressed: &[u8],
+        out: &mut Vec<u8>,
+        on: &mut F,
+    ) where
+        F: FnMut(&mut Connection, Event<'_>),
+    {
+        let (role, limit) = (self.role, self.max_message);
+        let Some(deflate) = self.deflate.as_mut() else {
+            return self.fail(ProtocolError::ReservedBits, None, on);
+        };
+        out.clear();
+        let result = deflate
+            .with_inflater(role, |inflater| {
+                let r = inflate_checked(inflater, kind, compressed, out, limit);
+                if r.is_err() {
+                    inflater.abort();
+                }
+                r
+            })
+            .unwrap_or(Err(ProtocolError::Deflate(DeflateError::Internal)));
+        match result {
+            Ok(()) => on(self, Event::Message(kind, Payload::Assembled(out))),
+            Err(e) => self.fail(e, None, on),
+        }
+    }
+
+    /// A buffer to assemble or inflate a message in: the one kept from the last message, or
+    /// one the outbox has finished writing.
+    fn take_buffer(&mut self) -> Vec<u8> {
+        let data = mem::take(&mut self.spare);
+        if data.capacity() == 0 {
+            self.out.take_reclaimed()
+        } else {
+            data
+        }
+    }
+
+    /// Keeps a message's buffer for the next one, unless it is large.
+    fn keep_buffer(&mut self, mut data: Vec<u8>) {
+        if data.capacity() > self.spare.capacity() && data.capacity() <= KEEP_CAPACITY {
+            data.clear();
+            self.spare = data;
+        }
+    }
+
     /// A control frame, or an unfragmented data message, whose payload is all here.
     fn whole_frame<F>(&mut self, opcode: Opcode, payload: &[u8], on: &mut F)
     where
@@ -508,15 +616,13 @@ impl Connection {
             } else {
                 MessageKind::Binary
             };
-            let mut data = mem::take(&mut self.spare);
-            if data.capacity() == 0 {
-                data = self.out.take_reclaimed();
-            }
+            let mut data = self.take_buffer();
             data.reserve((h.len as usize).min(arrived));
             self.message = Some(Assembly {
                 kind,
                 data,
                 utf8: Utf8Validator::new(),
+                compressed: h.rsv != 0,
             });
         }
         self.frame = Some(PartialFrame {
@@ -543,8 +649,9 @@ impl Connection {
             if frame.opcode.is_control() {
                 self.control.extend_from_slice(piece);
             } else if let Some(m) = &mut self.message {
-                // §8.1 with fail-fast: judge text as it arrives, not when the message ends.
-                if m.kind == MessageKind::Text && m.utf8.feed(piece).is_err() {
+                // §8.1 with fail-fast: judge text as it arrives, not when the message ends
+                // (compressed text is judged as it is inflated).
+                if m.kind == MessageKind::Text && !m.compressed && m.utf8.feed(piece).is_err() {
                     frame.done += take as u64;
                     self.frame = Some(frame);
                     self.fail(ProtocolError::InvalidUtf8, None, on);
@@ -583,6 +690,13 @@ impl Connection {
         let Some(mut m) = self.message.take() else {
             return;
         };
+        if m.compressed {
+            let mut out = mem::take(&mut self.spare);
+            self.deliver_inflated(m.kind, &m.data, &mut out, on);
+            self.keep_buffer(out);
+            self.keep_buffer(m.data);
+            return;
+        }
         if !m.utf8.is_complete() {
             return self.fail(ProtocolError::InvalidUtf8, None, on);
         }
@@ -678,12 +792,52 @@ impl Connection {
         }
     }
 
-    /// Queues a data message. Returns false (and sends nothing) unless the connection is open.
+    /// Queues a data message, compressed when permessage-deflate is agreed and it pays.
+    /// Returns false (and sends nothing) unless the connection is open.
     pub fn send(&mut self, kind: MessageKind, data: &[u8]) -> bool {
         if self.state != State::Open {
             return false;
         }
+        if self.deflate.is_some() && self.queue_compressed(kind, data) {
+            return true;
+        }
         self.queue(kind.opcode(), data);
+        true
+    }
+
+    /// Queues `data` as one compressed frame (RSV1 set, RFC 7692 §6), compressed straight
+    /// into the outbox; false (nothing queued) when compression does not pay.
+    fn queue_compressed(&mut self, kind: MessageKind, data: &[u8]) -> bool {
+        let Some(deflate) = self.deflate.as_mut() else {
+            return false;
+        };
+        let mask = match self.role {
+            Role::Server => None,
+            Role::Client => Some(random_mask()),
+        };
+        // Room for the longest header; the payload moves back once its length is known.
+        let room = if mask.is_some() { MAX_HEADER_LEN } else { 10 };
+        let buf = self.out.buf();
+        let start = buf.len();
+        buf.resize(start + room, 0);
+        match deflate.compress(self.role, data, buf) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                buf.truncate(start);
+                return false;
+            }
+        }
+        let len = buf.len() - start - room;
+        let mut head = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut head, true, kind.opcode(), mask, len);
+        head[0] |= 0x40;
+        buf.copy_within(start + room.., start + n);
+        buf.truncate(start + n + len);
+        buf[start..start + n].copy_from_slice(&head[..n]);
+        if let Some(key) = mask {
+            apply_mask(&mut buf[start + n..], key, 0);
+        }
+        self.out.commit();
         true
     }
 
@@ -691,6 +845,13 @@ impl Connection {
     pub fn send_payload(&mut self, kind: MessageKind, payload: Payload<'_>) -> bool {
         match payload {
             Payload::Borrowed(data) => self.send(kind, data),
+            Payload::Assembled(data)
+                if self.state == State::Open
+                    && self.deflate.is_some()
+                    && self.queue_compressed(kind, data) =>
+            {
+                true
+            }
             Payload::Assembled(data) if self.state == State::Open => {
                 let mask = match self.role {
                     Role::Server => None,
@@ -716,6 +877,22 @@ impl Connection {
             return false;
         }
         self.out.push_shared(frame.clone());
+        true
+    }
+
+    /// Queues a frame compressed once, without context, for many receivers (RFC 7692 §7.2.1,
+    /// RSV1 set): only to a peer that agreed on a window of at least `window_bits`.
+    pub fn send_shared_compressed(&mut self, frame: &SharedFrame, window_bits: u8) -> bool {
+        let Some(deflate) = self.deflate.as_mut() else {
+            return false;
+        };
+        if !deflate.takes_shared_frame(window_bits) || !self.send_shared(frame) {
+            return false;
+        }
+        // Our own compressor's history lacks these bytes: its next message starts afresh.
+        if let Some(d) = self.deflate.as_mut() {
+            d.forget();
+        }
         true
     }
 
@@ -760,6 +937,40 @@ impl Connection {
         encode_frame(self.out.buf(), true, opcode, mask, payload);
         self.out.commit();
     }
+}
+
+/// Inflates a whole message in steps of [`INFLATE_STEP`] compressed bytes, checking text as
+/// it comes out; the inflater stops at `limit` inflated bytes.
+fn inflate_checked(
+    inflater: &mut crate::deflate::Inflater,
+    kind: MessageKind,
+    compressed: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), ProtocolError> {
+    let mut utf8 = Utf8Validator::new();
+    let mut rest = compressed;
+    loop {
+        let step = rest.len().min(INFLATE_STEP);
+        let fin = step == rest.len();
+        let added = inflater
+            .inflate(&rest[..step], fin, out, limit)
+            .map_err(|e| match e {
+                DeflateError::TooBig => ProtocolError::MessageTooBig,
+                e => ProtocolError::Deflate(e),
+            })?;
+        rest = &rest[step..];
+        if kind == MessageKind::Text && utf8.feed(&out[out.len() - added..]).is_err() {
+            return Err(ProtocolError::InvalidUtf8);
+        }
+        if fin {
+            break;
+        }
+    }
+    if kind == MessageKind::Text && !utf8.is_complete() {
+        return Err(ProtocolError::InvalidUtf8);
+    }
+    Ok(())
 }
 
 /// Reads a close frame's body (§5.5.1, §7.4): nothing, or a valid code and a UTF-8 reason.
@@ -1352,3 +1563,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod deflate_tests;

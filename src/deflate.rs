@@ -14,6 +14,9 @@ use zlib_rs::{Deflate, DeflateFlush, Inflate, InflateFlush, Status};
 pub use crate::error::DeflateError;
 use crate::frame::Role;
 
+pub mod codec;
+pub use codec::{PerMessage, SharedCodec};
+
 /// The extension token (RFC 7692 §5).
 pub const EXTENSION: &str = "permessage-deflate";
 
@@ -59,11 +62,11 @@ pub struct DeflateConfig {
 impl Default for DeflateConfig {
     fn default() -> Self {
         DeflateConfig {
-            mode: DeflateMode::Off,
+            mode: DeflateMode::Shared,
             window_bits: 13,
             client_window_bits: 13,
             mem_level: 4,
-            level: 1,
+            level: 2,
             threshold: 64,
         }
     }
@@ -490,7 +493,9 @@ impl Compressor {
             state: None,
             window_bits: window_bits.clamp(MIN_OWN_WINDOW, 15),
             mem_level: cfg.mem_level.clamp(1, 9),
-            level: cfg.level.clamp(1, 9),
+            // zlib-rs 0.6.8 panics in level 1 (deflate_quick) on poorly compressible input
+            // at every memLevel (found by Autobahn case 12.2.3): level 2 is the fastest safe one.
+            level: cfg.level.clamp(2, 9),
             threshold: cfg.threshold,
             keep_context,
             stale: false,
@@ -532,22 +537,18 @@ impl Compressor {
                     ..zlib_rs::DeflateConfig::default()
                 })),
         };
-        // It pays only when shorter than the payload once the 4-byte tail is gone: stop there.
+        // It pays only when shorter than the payload once the 4-byte tail is gone.
         let budget = payload.len() + TAIL.len() - 1;
+        // zlib-rs 0.6.8 can panic ("buf.len() must fit in remaining()", in a stored block)
+        // when output room runs short mid-message (Autobahn 12.2.3): give it room for the
+        // worst case (stored blocks: 5 bytes per 16 KiB, plus the flush) and judge at the end.
+        out.reserve(payload.len() + payload.len() / 1024 * 5 + 64);
         let mut consumed = 0;
         loop {
-            if out.len() - start >= budget {
-                // Those bytes went into the window but will not reach the peer (§7.2.1 note).
-                out.truncate(start);
-                self.stale = true;
-                return Ok(false);
-            }
             if out.capacity() == out.len() {
-                let have = out.len() - start;
-                let grow = (payload.len() / 2 + 64).max(have).min(budget - have);
-                out.reserve_exact(grow);
+                out.reserve(payload.len() / 2 + 64);
             }
-            let room = (budget - (out.len() - start)).min(out.capacity() - out.len());
+            let room = out.capacity() - out.len();
             let spare = &mut out.spare_capacity_mut()[..room];
             let (in_before, out_before) = (state.total_in(), state.total_out());
             let result =
@@ -570,6 +571,12 @@ impl Compressor {
             out.truncate(start);
             self.state = None;
             return Err(DeflateError::Internal);
+        }
+        if out.len() - start >= budget {
+            // Those bytes went into the window but will not reach the peer (§7.2.1 note).
+            out.truncate(start);
+            self.stale = true;
+            return Ok(false);
         }
         out.truncate(out.len() - TAIL.len());
         Ok(true)
@@ -717,6 +724,15 @@ impl Inflater {
                 *state = Inflate::new(false, self.window_bits);
             }
         }
+    }
+
+    /// Abandons a message half inflated (its connection failed): the next message, maybe
+    /// another connection's, starts from a fresh state.
+    pub fn abort(&mut self) {
+        self.mid_message = false;
+        self.produced = 0;
+        self.ended = false;
+        self.stale = true;
     }
 
     /// Gives the zlib state back between messages when the peer keeps no context; `false` (kept)

@@ -58,6 +58,11 @@ pub enum ProtocolError {
     InvalidCloseReason,
     /// §10.4: the frame or message is larger than this server accepts.
     MessageTooBig,
+    /// RFC 7692 §6.1: RSV1 ("Per-Message Compressed") only on the first frame of a data
+    /// message, never on a control or continuation frame.
+    MisplacedCompressedBit,
+    /// RFC 7692 §6.2: a compressed message that does not inflate, or inflates past the limit.
+    Deflate(DeflateError),
 }
 
 impl ProtocolError {
@@ -67,7 +72,9 @@ impl ProtocolError {
         match self {
             InvalidUtf8 | InvalidCloseReason => close_code::INVALID_PAYLOAD,
             MessageTooBig => close_code::TOO_BIG,
+            Deflate(e) => e.close_code(),
             UnknownOpcode(_)
+            | MisplacedCompressedBit
             | LengthTopBitSet
             | UnmaskedFrame
             | MaskedFrame
@@ -106,6 +113,10 @@ impl fmt::Display for ProtocolError {
             InvalidCloseCode(c) => write!(f, "close code {c} is not allowed on the wire"),
             InvalidCloseReason => f.write_str("close reason is not valid UTF-8"),
             MessageTooBig => f.write_str("message over the size limit"),
+            MisplacedCompressedBit => {
+                f.write_str("RSV1 on a control or continuation frame (RFC 7692 §6.1)")
+            }
+            Deflate(e) => e.fmt(f),
         }
     }
 }
@@ -321,5 +332,10 @@ mod tests {
         assert_eq!(io_message(&plain), "no number (here)");
         assert_eq!(DeflateError::TooBig.close_code(), 1009);
         assert_eq!(DeflateError::InvalidData.close_code(), 1007);
+        assert_eq!(
+            ProtocolError::Deflate(DeflateError::TooBig).close_code(),
+            1009
+        );
+        assert_eq!(ProtocolError::MisplacedCompressedBit.close_code(), 1002);
     }
 }

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use crate::deflate::Agreed;
 use crate::error::HandshakeError;
 use crate::http::Response;
 
@@ -176,9 +177,15 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(sha.finalize())
 }
 
-/// Appends the `101 Switching Protocols` answer. Extensions are never named: none is built,
-/// so every offer is declined by silence (§9.1).
+/// Appends the `101 Switching Protocols` answer, with no extension: offers are declined by
+/// silence (§9.1).
 pub fn write_accept(out: &mut Vec<u8>, accepted: &Accepted) {
+    write_accept_with(out, accepted, None);
+}
+
+/// Appends the `101`, naming the agreed permessage-deflate parameters exactly (RFC 7692 §7.1)
+/// when there is an agreement.
+pub fn write_accept_with(out: &mut Vec<u8>, accepted: &Accepted, deflate: Option<&Agreed>) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
@@ -186,6 +193,10 @@ pub fn write_accept(out: &mut Vec<u8>, accepted: &Accepted) {
     if let Some(p) = &accepted.protocol {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         out.extend_from_slice(p.as_bytes());
+    }
+    if let Some(agreed) = deflate {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        agreed.write_header(out);
     }
     out.extend_from_slice(b"\r\n\r\n");
 }

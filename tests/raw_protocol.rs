@@ -373,8 +373,9 @@ fn ctrl_c_and_sigterm_close_clients_with_1001_and_exit() {
 }
 
 #[test]
-fn offered_extensions_are_declined() {
-    let server = TestServer::start(&[]);
+fn offered_extensions_are_declined_with_deflate_off() {
+    // permessage-deflate is on by default (tests/deflate.rs); off, every offer is declined.
+    let server = TestServer::start(&["--deflate", "off"]);
     let mut s = server.connect();
     let req = upgrade_request(
         "/",

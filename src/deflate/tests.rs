@@ -14,7 +14,7 @@ fn cfg(mode: DeflateMode) -> DeflateConfig {
 fn flags_default_to_the_config_default() {
     let from_flags = DeflateConfig::from(&crate::Config::default());
     assert_eq!(from_flags, DeflateConfig::default());
-    assert_eq!(from_flags.mode, DeflateMode::Off);
+    assert_eq!(from_flags.mode, DeflateMode::Shared);
 }
 
 /// The response value for one header line of offers, or `None` when all are declined.
@@ -483,4 +483,84 @@ fn a_message_cut_off_by_its_budget_leaves_nothing_behind() {
     assert!(!c.compress(b"", &mut wire).unwrap());
     assert!(c.compress(msg, &mut wire).unwrap());
     assert_eq!(inflate_pieces(&mut inf, &[&wire], msg.len()).unwrap(), msg);
+}
+
+#[test]
+fn level_one_is_taken_as_two_where_zlib_rs_panics() {
+    // Autobahn 12.2.3 (image data) made zlib-rs 0.6.8's deflate_quick panic at level 1.
+    let mut x = 0x1234_5678u32;
+    for mem_level in [1, 4, 9] {
+        let d = DeflateConfig {
+            level: 1,
+            mem_level,
+            threshold: 0,
+            ..cfg(DeflateMode::Shared)
+        };
+        for (mask, size) in [(0xff, 256), (0x7f, 1024), (0x0f, 16384), (0xff, 65536)] {
+            let data: Vec<u8> = (0..size)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8 & mask
+                })
+                .collect();
+            let mut c = Compressor::new(13, false, &d);
+            for _ in 0..3 {
+                let mut out = Vec::new();
+                if c.compress(&data, &mut out).unwrap() {
+                    let mut back = Vec::new();
+                    Inflater::new(13, false)
+                        .inflate(&out, true, &mut back, usize::MAX)
+                        .unwrap();
+                    assert_eq!(back, data);
+                }
+            }
+        }
+    }
+}
+
+/// Autobahn 12.2.x sends poorly compressible messages of every size: zlib-rs 0.6.8 panicked
+/// ("buf.len() must fit in remaining()") when the compressor's output room ran short mid-message.
+#[test]
+fn poorly_compressible_messages_of_every_size_never_panic() {
+    let mut x = 0x1234_5678u32;
+    for (level, mem_level) in [(2, 4), (2, 8), (6, 4), (9, 9)] {
+        let d = DeflateConfig {
+            level,
+            mem_level,
+            threshold: 64,
+            ..cfg(DeflateMode::Shared)
+        };
+        let mut c = Compressor::new(13, false, &d);
+        let mut out = Vec::new();
+        for i in 0..3000usize {
+            let size = [16, 64, 256, 1024, 4096][i % 5];
+            let data: Vec<u8> = (0..size)
+                .map(|j| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    if j % 7 < 3 {
+                        (j / 7) as u8
+                    } else {
+                        x as u8
+                    }
+                })
+                .collect();
+            if out.len() > 100_000 {
+                out.clear();
+            }
+            // As the outbox does: room for a header, then the payload after it.
+            out.resize(out.len() + 10, 0);
+            let start = out.len();
+            if c.compress(&data, &mut out).unwrap() {
+                let mut back = Vec::new();
+                Inflater::new(13, false)
+                    .inflate(&out[start..], true, &mut back, usize::MAX)
+                    .unwrap();
+                assert_eq!(back, data);
+            }
+        }
+    }
 }

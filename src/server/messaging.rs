@@ -24,9 +24,11 @@ impl Server {
             config,
             now,
             console_out,
+            deflate,
             ..
         } = self;
         let now = *now;
+        let deflate = deflate.as_deref();
         let client = &mut clients[key];
         let Phase::WebSocket(ws) = &mut client.phase else {
             return;
@@ -58,11 +60,11 @@ impl Server {
                         c.send_payload(kind, payload);
                     }
                     Route::Room(_) => {
-                        let frame = shared_frame(scratch, kind, &payload);
+                        let mut message = Broadcast::new(shared_frame(scratch, kind, &payload));
                         if room_echo {
-                            c.send_shared(&frame);
+                            message.send(c, deflate, scratch);
                         }
-                        to_room.push(frame);
+                        to_room.push(message);
                     }
                     Route::Exec => {
                         if let Some(p) = program.as_mut() {
@@ -94,8 +96,8 @@ impl Server {
         if !self.to_room.is_empty() {
             let mut frames = mem::take(&mut self.to_room);
             if let Some(Route::Room(name)) = self.route_of(key) {
-                for frame in &frames {
-                    self.deliver(&name, Some(key), frame);
+                for message in &mut frames {
+                    self.deliver_message(&name, Some(key), message);
                 }
             }
             frames.clear();
@@ -118,6 +120,17 @@ impl Server {
         except: Option<usize>,
         frame: &SharedFrame,
     ) -> usize {
+        self.deliver_message(room, except, &mut Broadcast::new(frame.clone()))
+    }
+
+    /// Queues a message for every open member of a room but `except`, compressed once per
+    /// window size for those that agreed on deflate; returns how many.
+    pub(super) fn deliver_message(
+        &mut self,
+        room: &str,
+        except: Option<usize>,
+        message: &mut Broadcast,
+    ) -> usize {
         let Server {
             rooms,
             clients,
@@ -125,20 +138,26 @@ impl Server {
             stats,
             config,
             now,
+            deflate,
+            scratch,
             ..
         } = self;
-        let fan = FanOut::of(config, *now);
-        let mut n = 0;
+        let fan = FanOut::of(config, *now, deflate.as_deref());
+        let (mut n, mut bytes) = (0, 0);
         for &member in rooms.members(room) {
             if Some(member) == except {
                 continue;
             }
             if let Some(client) = clients.get_mut(member) {
-                n += send_to(client, member, to_flush, frame, fan, stats) as usize;
+                if let Some(sent) = send_to(client, member, to_flush, message, scratch, fan, stats)
+                {
+                    n += 1;
+                    bytes += sent;
+                }
             }
         }
         stats.messages_out += n as u64;
-        stats.bytes_out += (n * frame.len()) as u64;
+        stats.bytes_out += bytes as u64;
         n
     }
 
@@ -150,15 +169,21 @@ impl Server {
             stats,
             config,
             now,
+            deflate,
+            scratch,
             ..
         } = self;
-        let fan = FanOut::of(config, *now);
-        let mut n = 0;
+        let fan = FanOut::of(config, *now, deflate.as_deref());
+        let mut message = Broadcast::new(frame.clone());
+        let (mut n, mut bytes) = (0, 0);
         for (key, client) in clients.iter_mut() {
-            n += send_to(client, key, to_flush, frame, fan, stats) as usize;
+            if let Some(sent) = send_to(client, key, to_flush, &mut message, scratch, fan, stats) {
+                n += 1;
+                bytes += sent;
+            }
         }
         stats.messages_out += n as u64;
-        stats.bytes_out += (n * frame.len()) as u64;
+        stats.bytes_out += bytes as u64;
         n
     }
 

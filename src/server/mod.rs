@@ -22,6 +22,7 @@ use slab::Slab;
 use crate::config::{Config, SlowConsumer};
 use crate::connection::{Connection, Event, Expired, MessageKind, State, Timeouts};
 use crate::console::{self, Console, Target};
+use crate::deflate::SharedCodec;
 use crate::error::{close_code, HandshakeError};
 use crate::exec::{self, Ending, Pipe, Program, RequestInfo};
 use crate::frame::{encode_frame, Role, MAX_HEADER_LEN};
@@ -33,6 +34,7 @@ use crate::timer::{Timer, TimerTable};
 use crate::transport::Transport;
 
 mod access;
+mod compression;
 mod messaging;
 mod programs;
 mod protection;
@@ -41,6 +43,7 @@ mod signals;
 mod stats;
 mod tls_port;
 
+use compression::Broadcast;
 use protection::Protection;
 use stats::Stats;
 use tls_port::TlsPort;
@@ -265,8 +268,10 @@ pub struct Server {
     started: Instant,
     rooms: Rooms,
     stats: Stats,
-    /// Frames sent to a room while its sender's connection was being read.
-    to_room: Vec<SharedFrame>,
+    /// Messages sent to a room while its sender's connection was being read.
+    to_room: Vec<Broadcast>,
+    /// permessage-deflate: the loop's compressors (and, in shared mode, its inflater).
+    deflate: Option<Rc<SharedCodec>>,
     /// Scratch space to encode a shared frame in.
     scratch: Vec<u8>,
     next_push: Option<Instant>,
@@ -312,6 +317,7 @@ impl Server {
         }
         let protection = Protection::new(&config)?;
         let tls = TlsPort::new(&config, Instant::now())?;
+        let deflate = Server::new_codec(&config);
         let www = match &config.www {
             Some(dir) => WebRoot::dir(dir).map_err(|e| {
                 crate::error::io_context(format_args!("--www {}", dir.display()), e)
@@ -341,6 +347,7 @@ impl Server {
             rooms: Rooms::new(),
             stats: Stats::default(),
             to_room: Vec::new(),
+            deflate,
             scratch: Vec::new(),
             next_push,
             pushes: 0,
@@ -887,7 +894,9 @@ impl Server {
     /// Connections that received nothing since the last sweep give back their spare buffers,
     /// so that memory follows activity: an idle connection costs a few hundred bytes.
     fn sweep(&mut self) {
+        let mut any_active = false;
         for (_, client) in self.clients.iter_mut() {
+            any_active |= client.active;
             if !mem::take(&mut client.active) {
                 client.transport.shrink();
                 match &mut client.phase {
@@ -895,6 +904,12 @@ impl Server {
                     Phase::Http(state) => state.out.shrink(),
                     Phase::Linger(_) => {}
                 }
+            }
+        }
+        if !any_active {
+            // A quiet server keeps no zlib state either.
+            if let Some(codec) = &self.deflate {
+                codec.release();
             }
         }
         self.next_sweep = self.now + self.config.shrink_after;
@@ -952,19 +967,22 @@ impl Server {
 /// The rule fan-out applies to each receiver: a receiver's unsent output never passes
 /// `max_backlog` because of others' messages; `policy` says what happens instead.
 #[derive(Clone, Copy)]
-struct FanOut {
+struct FanOut<'a> {
     max_backlog: usize,
     policy: SlowConsumer,
     /// The loop turn's time, for the close a slow consumer gets.
     now: Instant,
+    /// The loop's compressors, for receivers that agreed on deflate.
+    deflate: Option<&'a SharedCodec>,
 }
 
-impl FanOut {
-    fn of(config: &Config, now: Instant) -> FanOut {
+impl<'a> FanOut<'a> {
+    fn of(config: &Config, now: Instant, deflate: Option<&'a SharedCodec>) -> FanOut<'a> {
         FanOut {
             max_backlog: config.max_backlog,
             policy: config.slow_consumer,
             now,
+            deflate,
         }
     }
 }
@@ -972,30 +990,33 @@ impl FanOut {
 /// Queues a shared frame on one client if it is an open WebSocket; true if queued. A frame
 /// that would take it past the backlog limit goes to [`slow_consumer`] instead (an empty
 /// outbox still takes one frame, however large, so every message can be delivered).
+/// The frame is the receiver's variant of `message` (compressed if it agreed on deflate),
+/// and the limit applies to that variant's size. Returns the bytes queued.
 fn send_to(
     client: &mut Client,
     key: usize,
     to_flush: &mut Vec<usize>,
-    frame: &SharedFrame,
-    fan: FanOut,
+    message: &mut Broadcast,
+    scratch: &mut Vec<u8>,
+    fan: FanOut<'_>,
     stats: &mut Stats,
-) -> bool {
+) -> Option<usize> {
+    let deflate = fan.deflate;
     let Phase::WebSocket(ws) = &mut client.phase else {
-        return false;
+        return None;
     };
+    let (frame, _) = message.frame_for(&ws.conn, deflate, scratch);
     let backlog = ws.conn.out.len();
     if backlog + frame.len() > fan.max_backlog && backlog > 0 {
         slow_consumer(client, key, to_flush, fan, stats);
-        return false;
+        return None;
     }
-    if !ws.conn.send_shared(frame) {
-        return false;
-    }
+    let sent = message.send(&mut ws.conn, deflate, scratch)?;
     if !client.queued {
         client.queued = true;
         to_flush.push(key);
     }
-    true
+    Some(sent)
 }
 
 /// A receiver is not reading what fan-out sends it: close it (1008, RFC 6455 §7.4.1: a
@@ -1006,7 +1027,7 @@ fn slow_consumer(
     client: &mut Client,
     key: usize,
     to_flush: &mut Vec<usize>,
-    fan: FanOut,
+    fan: FanOut<'_>,
     stats: &mut Stats,
 ) {
     let Phase::WebSocket(ws) = &mut client.phase else {

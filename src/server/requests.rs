@@ -491,13 +491,15 @@ impl Server {
         };
         let mut conn = Connection::new(Role::Server, self.config.max_message_size);
         conn.set_timeouts(self.timeouts.clone(), self.now);
+        let deflate = self.negotiate_deflate(head);
+        self.attach_deflate(&mut conn, deflate);
         let client = &mut self.clients[key];
         // Answers to requests pipelined before this one go out first.
         if let Phase::Http(state) = &mut client.phase {
             conn.out = mem::take(&mut state.out);
         }
         self.scratch.clear();
-        handshake::write_accept(&mut self.scratch, &accepted);
+        handshake::write_accept_with(&mut self.scratch, &accepted, deflate.as_ref());
         // The 101 goes out now if nothing is ahead of it and the socket takes it (it nearly
         // always does), so that an idle connection keeps no output buffer.
         let sent = if conn.out.is_empty() {
@@ -510,8 +512,8 @@ impl Server {
             conn.out.push(&self.scratch[sent..]);
         }
         debug!(
-            "{}: WebSocket open on {} ({:?})",
-            client.peer, head.target, accepted.protocol
+            "{}: WebSocket open on {} ({:?}, deflate {:?})",
+            client.peer, head.target, accepted.protocol, deflate
         );
         client.phase = Phase::WebSocket(Box::new(WebSocket {
             conn,
