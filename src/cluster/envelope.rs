@@ -167,8 +167,9 @@ impl GapCounter {
     /// late), nor is a restart at 1 (the sender forgot a quiet room's counter).
     pub fn observe(&mut self, seq: u64) -> Verdict {
         if self.highest == 0 || seq == 1 && self.highest > 64 {
+            // Everything before the first number counts as seen: it was never a gap.
             self.highest = seq;
-            self.seen = 1;
+            self.seen = u64::MAX;
             return Verdict::Deliver { missed: 0 };
         }
         if seq > self.highest {
@@ -395,6 +396,11 @@ mod tests {
         let mut g = GapCounter::default();
         // The first number heard is never a gap: we may have joined after it started.
         assert_eq!(g.observe(10), Verdict::Deliver { missed: 0 });
+        assert_eq!(
+            g.observe(9),
+            Verdict::Duplicate,
+            "before the first: not a gap, not new"
+        );
         assert_eq!(g.observe(11), Verdict::Deliver { missed: 0 });
         assert_eq!(g.observe(14), Verdict::Deliver { missed: 2 });
         assert_eq!(g.missed(), 2);

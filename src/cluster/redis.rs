@@ -156,6 +156,8 @@ pub struct RedisStats {
     pub received: u64,
     /// Messages other nodes numbered that never arrived here.
     pub missed: u64,
+    /// Our own messages, back from Redis and dropped (local members had them already).
+    pub own: u64,
     /// Messages from Redis that were not envelopes (or named another room than their channel).
     pub invalid: u64,
 }
@@ -481,8 +483,6 @@ impl RedisLink {
             if self.settings.password.is_some() {
                 w.expect.push_back(Reply::Auth);
             }
-            w.command(&[b"PING"]);
-            w.expect.push_back(Reply::Hello);
         }
         // Every live room, again: a reconnect must not lose a subscription (socket.io #4845).
         let channels: Vec<String> = self.rooms.keys().map(|r| self.channel(r)).collect();
@@ -490,6 +490,12 @@ impl RedisLink {
             let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
             args.extend(batch.iter().map(|c| c.as_bytes()));
             self.wires[Side::Subscriber as usize].command(&args);
+        }
+        // Last: Redis answers in order, so its PONG means every SUBSCRIBE above is in effect
+        // by the time the link says it is up.
+        for w in &mut self.wires {
+            w.command(&[b"PING"]);
+            w.expect.push_back(Reply::Hello);
         }
         self.state = State::Connecting {
             deadline: now + self.settings.ping_interval,
@@ -570,6 +576,11 @@ impl RedisLink {
             Ok(None) => return Ok(None),
             Err(e) => return Err(LinkError::BadReply(e.to_string())),
         };
+        // Checked on whole replies too, so that a reply is refused by its size alone, however
+        // its bytes arrive.
+        if used > self.settings.max_reply {
+            return Err(LinkError::ReplyTooLarge);
+        }
         let input = &self.wires[side as usize].input[from..from + used];
         let text = |r: &(usize, usize)| String::from_utf8_lossy(&input[r.0..r.1]).into_owned();
         match (&frame, side) {
@@ -681,7 +692,8 @@ impl RedisLink {
                     payload: env.payload.to_vec(),
                 });
             }
-            Accept::Own | Accept::Duplicate => {}
+            Accept::Own => self.stats.own += 1,
+            Accept::Duplicate => {}
         }
     }
 }

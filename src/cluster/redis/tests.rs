@@ -83,13 +83,13 @@ fn bring_up(l: &mut RedisLink, now: Instant) -> String {
     assert_eq!(actions(l), [Action::Connect]);
     assert_eq!(take(l, Side::Publisher), PING);
     let sub = take(l, Side::Subscriber);
-    assert!(sub.starts_with(PING), "{sub:?}");
+    assert!(sub.ends_with(PING), "{sub:?}");
     l.receive(Side::Publisher, b"+PONG\r\n", now);
     assert!(!l.is_up());
     l.receive(Side::Subscriber, b"+PONG\r\n", now);
     assert!(l.is_up());
     assert_eq!(events(l), [Event::Up]);
-    sub[PING.len()..].to_string()
+    sub[..sub.len() - PING.len()].to_string()
 }
 
 fn is_down(e: &[Event], want: &LinkError) -> bool {
@@ -387,6 +387,7 @@ fn messages_from_other_nodes_are_delivered_and_our_own_dropped() {
     );
     assert_eq!(events(&mut l), []);
     assert_eq!(l.stats().invalid, 3);
+    assert_eq!(l.stats().own, 1);
     // What we publish carries our node id, so it comes back as our own.
     assert!(l.publish("news", MessageKind::Text, b"round trip"));
     let out = take(&mut l, Side::Publisher);
@@ -401,6 +402,7 @@ fn messages_from_other_nodes_are_delivered_and_our_own_dropped() {
     assert_eq!((env.node, env.seq, env.room), (NODE, 1, "news"));
     l.receive(Side::Subscriber, &raw_message(ch, data), t0);
     assert_eq!(events(&mut l), []);
+    assert_eq!(l.stats().own, 2);
 }
 
 #[test]
