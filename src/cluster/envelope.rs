@@ -44,6 +44,8 @@ pub enum EnvelopeError {
     UnknownVersion(u8),
     /// The kind is not a data opcode (RFC 6455 §5.2: 0x1 text, 0x2 binary).
     UnknownKind(u8),
+    /// Sequence numbers start at 1 (0 would read as "nothing heard yet" to a receiver).
+    ZeroSequence,
     /// The room name is empty, over 64 bytes, or has a byte outside `A-Za-z0-9._-`.
     BadRoom,
     /// RFC 6455 §8.1: a text message must be UTF-8, or clients would fail the connection.
@@ -56,6 +58,7 @@ impl fmt::Display for EnvelopeError {
             EnvelopeError::Truncated => f.write_str("envelope truncated"),
             EnvelopeError::UnknownVersion(v) => write!(f, "envelope version {v} (this node: 1)"),
             EnvelopeError::UnknownKind(k) => write!(f, "envelope kind {k} is not text or binary"),
+            EnvelopeError::ZeroSequence => f.write_str("envelope sequence number 0"),
             EnvelopeError::BadRoom => f.write_str("envelope room is not a room name"),
             EnvelopeError::InvalidUtf8 => f.write_str("text envelope is not UTF-8"),
         }
@@ -108,6 +111,9 @@ impl<'a> Envelope<'a> {
         };
         let node = u64_at(2);
         let seq = u64_at(10);
+        if seq == 0 {
+            return Err(EnvelopeError::ZeroSequence);
+        }
         let room_len = usize::from(bytes[18]);
         let rest = &bytes[FIXED..];
         if rest.len() < room_len {
@@ -365,6 +371,7 @@ mod tests {
                 EnvelopeError::UnknownKind(0),
             ),
             ("room cut", good[..21].to_vec(), EnvelopeError::Truncated),
+            ("sequence 0", with(17, 0), EnvelopeError::ZeroSequence),
             ("room length 0", with(18, 0), EnvelopeError::BadRoom),
             ("room byte", with(19, b'/'), EnvelopeError::BadRoom),
             (

@@ -28,6 +28,9 @@ use crate::connection::MessageKind;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Buffer capacity kept once a buffer is empty again.
+const KEEP: usize = 64 * 1024;
+
 /// Channels per `SUBSCRIBE` when a reconnect subscribes every live room again.
 const SUBSCRIBE_BATCH: usize = 128;
 
@@ -299,7 +302,7 @@ impl RedisLink {
         self.events.pop_front()
     }
 
-    /// Bytes waiting to be written on `side` (empty while its socket is not open).
+    /// Bytes waiting to be written on `side`.
     pub fn output(&self, side: Side) -> &[u8] {
         let w = &self.wires[side as usize];
         &w.out[w.sent..]
@@ -312,6 +315,8 @@ impl RedisLink {
         w.written += n as u64;
         if w.sent == w.out.len() {
             w.out.clear();
+            // A burst of large publishes does not keep its buffer for ever.
+            w.out.shrink_to(KEEP);
             w.sent = 0;
         } else if w.sent >= 64 * 1024 && w.sent * 2 >= w.out.len() {
             w.out.drain(..w.sent);
@@ -447,6 +452,9 @@ impl RedisLink {
         }
         let w = &mut self.wires[side as usize];
         w.input.drain(..used);
+        if w.input.is_empty() {
+            w.input.shrink_to(KEEP);
+        }
         if w.input.len() > self.settings.max_reply {
             self.lose(now, LinkError::ReplyTooLarge);
             return;
