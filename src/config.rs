@@ -225,6 +225,25 @@ pub struct Config {
     /// so that open connections keep their latency while many clients connect at once.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub tls_handshakes_per_turn: usize,
+    /// Rooms across processes and machines through Redis pub/sub:
+    /// `redis://[[user]:password@]host[:port][/db]`. Not active yet: this build checks the
+    /// URL and otherwise ignores it (the bridge is built, the server does not use it).
+    #[arg(long, value_name = "URL", value_parser = crate::cluster::url::parse_redis_url)]
+    pub redis: Option<crate::cluster::RedisUrl>,
+
+    /// Redis: channel prefix; a room is the channel `PREFIX:room:NAME`.
+    #[arg(long, default_value = "wsloop", value_name = "PREFIX")]
+    pub redis_prefix: String,
+
+    /// Redis: most bytes of messages for other nodes waiting to be written to Redis; past
+    /// it (and whenever Redis is unreachable) they are dropped and counted, never queued.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub redis_buffer: usize,
+
+    /// Redis: PING both connections this often; no answer within as long again (or no
+    /// connection within it) means a dead link: reconnect, 100ms doubling to 2s, jittered.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub redis_ping_interval: Duration,
 }
 
 /// clap turns a literal `{n}` in help text into a line break; styling the `n` keeps it shown
@@ -292,6 +311,21 @@ impl Config {
         }
         if self.tls_reload.is_some_and(|d| d.is_zero()) {
             return invalid("--tls-reload must be above zero".into());
+        }
+        // The prefix is half of a channel name: printable, no spaces, so logs and
+        // `redis-cli` show it as it is.
+        if self.redis_prefix.is_empty() || !self.redis_prefix.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return invalid(format!(
+                "--redis-prefix {:?}: must be printable ASCII without spaces",
+                self.redis_prefix
+            ));
+        }
+        if self.redis_ping_interval.is_zero() {
+            return invalid("--redis-ping-interval must be above zero".into());
+        }
+        if self.redis_buffer == 0 {
+            return invalid("--redis-buffer must be above zero".into());
         }
         Ok(())
     }
@@ -414,6 +448,18 @@ mod tests {
             ..Config::default()
         };
         assert!(unpaired.validate().is_err());
+        for prefix in ["", "a b", "x\n"] {
+            let c = Config {
+                redis_prefix: prefix.into(),
+                ..Config::default()
+            };
+            assert!(c.validate().is_err(), "{prefix:?}");
+        }
+        let zero_ping = Config {
+            redis_ping_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(zero_ping.validate().is_err());
     }
 
     #[test]
@@ -432,5 +478,9 @@ mod tests {
         assert_eq!(c.max_per_ip, None);
         assert!(c.tls_certs.is_empty() && !c.tls_allow_plain && c.tls_reload.is_none());
         assert_eq!(c.tls_handshakes_per_turn, 16);
+        assert_eq!(c.redis, None);
+        assert_eq!(c.redis_prefix, "wsloop");
+        assert_eq!(c.redis_buffer, 16 << 20);
+        assert_eq!(c.redis_ping_interval, Duration::from_secs(5));
     }
 }

@@ -169,6 +169,9 @@ pub fn print(cmd: &Command, matches: &ArgMatches) -> String {
             continue;
         } else if is_secret(&key) {
             toml_string("********")
+        } else if key == "redis" {
+            // The URL may carry the password: mask that part only.
+            toml_string(&crate::cluster::url::mask_password(&values[0]))
         } else if many {
             let items: Vec<String> = values.iter().map(|v| toml_string(v)).collect();
             format!("[{}]", items.join(", "))
@@ -313,5 +316,18 @@ mod tests {
         assert!(c.room_events);
         assert_eq!(c.push_every, Some(std::time::Duration::from_secs(2)));
         assert_eq!(c.publish_token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn printed_redis_url_hides_its_password() {
+        use clap::CommandFactory;
+        let argv = ["wsloop", "--redis", "redis://alice:s3cret@10.0.0.5:7000/2"];
+        let m = Cli::command().get_matches_from(argv);
+        let printed = print(&Cli::command(), &m);
+        assert!(
+            printed.contains("\nredis = \"redis://alice:********@10.0.0.5:7000/2\"\n"),
+            "{printed}"
+        );
+        assert!(!printed.contains("s3cret"), "{printed}");
     }
 }

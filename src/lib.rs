@@ -7,6 +7,7 @@
 //! [`server`] is the loop that moves bytes between them and the sockets.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod connection;

@@ -1,0 +1,15 @@
+//! Rooms across processes and machines: the envelope that crosses nodes, and a Redis pub/sub
+//! link, sans-I/O ([`redis`]) with a thin `mio` driver ([`bridge`]).
+//!
+//! Built and tested on its own; the server does not use it yet (`--redis` is accepted and
+//! inert until the workers land).
+
+pub mod bridge;
+pub mod envelope;
+pub mod redis;
+pub mod url;
+
+pub use bridge::RedisBridge;
+pub use envelope::{Envelope, EnvelopeError, GapCounter};
+pub use redis::{RedisLink, RedisStats};
+pub use url::RedisUrl;
