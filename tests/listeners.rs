@@ -340,3 +340,44 @@ fn listen_fds_for_another_process_is_ignored_and_not_passed_on() {
     assert_eq!(status(&read_head(&mut s)), 101);
     assert_eq!(read_text(&mut s), "127.0.0.1 none none");
 }
+
+#[test]
+fn tls_works_on_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("wsloop-it-{}-tls", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (crt, k) = (dir.join("c.pem"), dir.join("k.pem"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let path = sock_path("tls");
+    let args = [
+        "--tls-cert",
+        crt.to_str().unwrap(),
+        "--tls-key",
+        k.to_str().unwrap(),
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--bind")
+        .arg(format!("unix:{}", path.display()))
+        .args(args);
+    let server = spawn(cmd, &format!("listening on unix:{} (TLS)", path.display()));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let config = wsloop::tls::client_config(None, true).unwrap();
+    let conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+    let tls = rustls::StreamOwned::new(conn, connect_unix(&path));
+    echo(tls, "wss over a Unix socket");
+    // Plain HTTP there is redirected, as on a TLS port.
+    let mut s = connect_unix(&path);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(status(&text), 308, "{text}");
+    assert!(server.wait_log("redirected to https://localhost/healthz"));
+}
