@@ -1,6 +1,5 @@
 //! Every setting and limit, with its default; each field is one command-line flag.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::deflate::DeflateMode;
 use crate::logging::{AccessLog, LogFormat};
+use crate::socket::BindAddr;
 
 /// What to do with a receiver that fan-out would take past `--max-backlog`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -25,9 +25,16 @@ pub struct Config {
     #[arg(long, default_value_t = 9001)]
     pub port: u16,
 
-    /// Address to bind (IPv4 or IPv6).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind: IpAddr,
+    /// Address to bind (IPv4 or IPv6), or `unix:PATH` for a Unix socket (for a proxy on this
+    /// machine; its peers are trusted like a `--trusted-proxy`). Under systemd socket
+    /// activation (`LISTEN_FDS`) the passed socket is served instead.
+    #[arg(long, default_value = "127.0.0.1", value_parser = crate::socket::parse_bind, value_name = "ADDR|unix:PATH")]
+    pub bind: BindAddr,
+
+    /// Permissions of the `--bind unix:PATH` socket file (octal); connecting needs write
+    /// permission, so 660 lets the owner and the group in.
+    #[arg(long, default_value = "660", value_parser = crate::socket::parse_mode, value_name = "MODE")]
+    pub unix_mode: u32,
 
     /// Largest message (and so frame) accepted; larger ones are closed with 1009.
     #[arg(long, default_value = "16MiB", value_parser = parse_size, value_name = "SIZE")]
@@ -482,5 +489,7 @@ mod tests {
         assert_eq!(c.redis_prefix, "wsloop");
         assert_eq!(c.redis_buffer, 16 << 20);
         assert_eq!(c.redis_ping_interval, Duration::from_secs(5));
+        assert_eq!(c.bind, BindAddr::Ip([127, 0, 0, 1].into()));
+        assert_eq!(c.unix_mode, 0o660);
     }
 }

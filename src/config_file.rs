@@ -175,7 +175,7 @@ pub fn print(cmd: &Command, matches: &ArgMatches) -> String {
         } else if many {
             let items: Vec<String> = values.iter().map(|v| toml_string(v)).collect();
             format!("[{}]", items.join(", "))
-        } else if values[0].parse::<i64>().is_ok() {
+        } else if is_toml_integer(&values[0]) {
             values[0].clone()
         } else {
             toml_string(&values[0])
@@ -183,6 +183,11 @@ pub fn print(cmd: &Command, matches: &ArgMatches) -> String {
         out.push_str(&format!("{key} = {value}\n"));
     }
     out
+}
+
+/// A value TOML reads back as the same integer: `0600` (a mode) or `+5` stay strings.
+fn is_toml_integer(s: &str) -> bool {
+    s.parse::<i64>().is_ok_and(|n| n.to_string() == s)
 }
 
 fn toml_string(s: &str) -> String {
@@ -285,7 +290,8 @@ mod tests {
         let path = file(
             "print.toml",
             "port = 9300\nallowed-origin = [\"https://a.example\"]\npublish-token = \"s3cret\"\n\
-             room-events = true\npush-every = \"2s\"\n",
+             room-events = true\npush-every = \"2s\"\nbind = \"unix:/run/w.sock\"\n\
+             unix-mode = \"0600\"\n",
         );
         let argv = ["wsloop", "--config", path.to_str().unwrap()].map(OsString::from);
         let args = expand(&Cli::command(), argv.to_vec()).unwrap();
@@ -307,6 +313,8 @@ mod tests {
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("\n# push-room is not set\n"), "{printed}");
         assert!(!printed.contains("print-config"), "{printed}");
+        // Not a TOML integer (leading zero): kept as a string.
+        assert!(printed.contains("\nunix-mode = \"0600\"\n"), "{printed}");
         // Loaded back (the token aside), it is the same configuration.
         let again = file("again.toml", &printed.replace("\"********\"", "\"t\""));
         let c = parse(&["wsloop", "--config", again.to_str().unwrap()])
@@ -316,6 +324,8 @@ mod tests {
         assert!(c.room_events);
         assert_eq!(c.push_every, Some(std::time::Duration::from_secs(2)));
         assert_eq!(c.publish_token.as_deref(), Some("t"));
+        assert_eq!(c.bind, crate::socket::BindAddr::Unix("/run/w.sock".into()));
+        assert_eq!(c.unix_mode, 0o600);
     }
 
     #[test]

@@ -99,14 +99,24 @@ pub struct Headers<'a> {
 /// are ignored. `Forwarded` is preferred when present (RFC 7239 §7.4 leaves the choice to us:
 /// it is the standard one); a hop that names no usable address stops the walk there.
 pub fn client(peer: SocketAddr, trusted: &[Cidr], h: &Headers<'_>) -> Client {
+    if !trusted.iter().any(|c| c.contains(peer.ip())) {
+        return Client {
+            addr: peer,
+            proto: None,
+        };
+    }
+    behind_proxy(peer, trusted, h)
+}
+
+/// The client of a request from `peer`, a proxy trusted for other reasons than `trusted` (a
+/// peer on our Unix socket, whose address is a placeholder); the hops are read as by
+/// [`client`].
+pub fn behind_proxy(peer: SocketAddr, trusted: &[Cidr], h: &Headers<'_>) -> Client {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     let mut found = Client {
         addr: peer,
         proto: None,
     };
-    if !is_trusted(peer.ip()) {
-        return found;
-    }
     let hops: Vec<Hop> = if h.forwarded.is_empty() {
         x_forwarded(h.x_forwarded_for, h.x_forwarded_proto)
     } else {
@@ -352,5 +362,30 @@ mod tests {
                 "{peer} {trusted:?} fwd={fwd:?} xff={xff:?} xfp={xfp:?}"
             );
         }
+    }
+
+    /// A proxy on our Unix socket: trusted without being in the list, its placeholder
+    /// address kept when it names nobody.
+    #[test]
+    fn a_proxy_trusted_without_an_address() {
+        let unix: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let xff = [&b"6.6.6.6, 203.0.113.7"[..]];
+        let xfp = [&b"https"[..]];
+        let h = Headers {
+            x_forwarded_for: &xff,
+            x_forwarded_proto: &xfp,
+            ..Headers::default()
+        };
+        let got = behind_proxy(unix, &[], &h);
+        assert_eq!(
+            (got.addr, got.proto),
+            ("203.0.113.7:0".parse().unwrap(), Some("https"))
+        );
+        // A hop that is a --trusted-proxy is skipped as usual.
+        let got = behind_proxy(unix, &cidrs(&["203.0.113.0/24"]), &h);
+        assert_eq!(got.addr, "6.6.6.6:0".parse().unwrap());
+        assert_eq!(behind_proxy(unix, &[], &Headers::default()).addr, unix);
+        // `client` does not trust it.
+        assert_eq!(client(unix, &[], &h).addr, unix);
     }
 }

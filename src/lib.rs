@@ -6,6 +6,7 @@
 //! drive them with bytes alone.
 //! [`server`] is the loop that moves bytes between them and the sockets.
 
+pub mod activation;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod origin;
 pub mod outbox;
 pub mod room;
 pub mod server;
+pub mod socket;
 pub mod target;
 pub mod timer;
 pub mod tls;

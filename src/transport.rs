@@ -7,12 +7,14 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
 use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
 
 use crate::outbox::Outbox;
+use crate::socket::Stream;
 
 /// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1,
 /// `ContentType.handshake`): what a ClientHello starts with.
@@ -26,9 +28,9 @@ pub const TLS_READ_SIZE: usize = 64 * 1024;
 /// connection; a buffer larger than this is given back as soon as it is empty.
 const PENDING_KEEP: usize = 16 * 1024;
 
-/// A client connection's socket and the layer its bytes pass through.
+/// A client connection's socket (TCP or Unix) and the layer its bytes pass through.
 pub struct Transport {
-    pub socket: TcpStream,
+    pub socket: Stream,
     layer: Layer,
 }
 
@@ -68,7 +70,7 @@ pub enum Sniffed {
 }
 
 impl Transport {
-    pub fn plain(socket: TcpStream) -> Self {
+    pub fn plain(socket: Stream) -> Self {
         Transport {
             socket,
             layer: Layer::Plain,
@@ -76,7 +78,7 @@ impl Transport {
     }
 
     /// A connection on a TLS port: TLS or plain is decided by [`Transport::sniff`].
-    pub fn undecided(socket: TcpStream) -> Self {
+    pub fn undecided(socket: Stream) -> Self {
         Transport {
             socket,
             layer: Layer::Undecided,
@@ -252,8 +254,7 @@ impl Transport {
 }
 
 /// Reads up to `max` bytes into the spare capacity of `buf` (no zero-filling first).
-fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
+fn read_into_spare(socket: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let max = max.min(spare.len());
     // SAFETY: recv(2) writes at most `max` bytes into the spare capacity, which is at least
@@ -267,10 +268,10 @@ fn read_into_spare(socket: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Res
     Ok(n as usize)
 }
 
-fn tls_read<D>(
+fn tls_read<D, S: Read + Write>(
     tls: &mut ConnectionCommon<D>,
     pending: &mut Vec<u8>,
-    socket: &mut TcpStream,
+    socket: &mut S,
     buf: &mut [u8],
     scratch: &mut [u8],
 ) -> io::Result<usize> {
@@ -349,9 +350,9 @@ fn take_plaintext<D>(tls: &mut ConnectionCommon<D>, buf: &mut [u8]) -> io::Resul
 
 /// Hands ciphertext to rustls (an empty slice means EOF) and processes it; returns how much
 /// it took. Records rustls answers with (handshake, alerts) are written at once.
-fn feed<D>(
+fn feed<D, S: Write>(
     tls: &mut ConnectionCommon<D>,
-    socket: &mut TcpStream,
+    socket: &mut S,
     data: &[u8],
 ) -> io::Result<usize> {
     let mut rest = data;
@@ -375,7 +376,7 @@ fn feed<D>(
 
 /// Writes the records rustls holds until it has none or the socket would block; `Ok(true)`
 /// when none are left.
-fn write_records<D>(tls: &mut ConnectionCommon<D>, socket: &mut TcpStream) -> io::Result<bool> {
+fn write_records<D, S: Write>(tls: &mut ConnectionCommon<D>, socket: &mut S) -> io::Result<bool> {
     while tls.wants_write() {
         match tls.write_tls(socket) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -391,18 +392,18 @@ fn write_records<D>(tls: &mut ConnectionCommon<D>, socket: &mut TcpStream) -> io
 /// The outbox's writer on a TLS connection: plaintext goes into rustls's `writer()` and the
 /// records it makes go to the socket. Plaintext is taken only while rustls has no records
 /// stuck, so the unsent output stays in the outbox, where backpressure counts it.
-struct TlsWriter<'a, D> {
+struct TlsWriter<'a, D, S> {
     tls: &'a mut ConnectionCommon<D>,
-    socket: &'a mut TcpStream,
+    socket: &'a mut S,
 }
 
-impl<D> TlsWriter<'_, D> {
+impl<D, S: Write> TlsWriter<'_, D, S> {
     fn push_records(&mut self) -> io::Result<bool> {
         write_records(self.tls, self.socket)
     }
 }
 
-impl<D> Write for TlsWriter<'_, D> {
+impl<D, S: Write> Write for TlsWriter<'_, D, S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(buf)])
     }
@@ -517,7 +518,7 @@ mod tests {
         });
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
-        let mut t = Transport::undecided(TcpStream::from_std(tcp));
+        let mut t = Transport::undecided(Stream::Tcp(TcpStream::from_std(tcp)));
         let end = Instant::now() + Duration::from_secs(10);
         while t.sniff(&config).unwrap() != Sniffed::Tls {
             assert!(Instant::now() < end, "no ClientHello");

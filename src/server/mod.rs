@@ -15,7 +15,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
-use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
@@ -30,11 +29,13 @@ use crate::handshake::{self, Head, HeadStatus};
 use crate::http::{self, Response, WebRoot};
 use crate::outbox::{Outbox, SharedFrame};
 use crate::room::{self, Rooms};
+use crate::socket::{Listener, SocketFile, Stream};
 use crate::timer::{Timer, TimerTable};
 use crate::transport::Transport;
 
 mod access;
 mod compression;
+mod listening;
 mod messaging;
 mod programs;
 mod protection;
@@ -68,9 +69,9 @@ struct Client {
     /// The socket, and TLS on it if the port speaks TLS.
     transport: Transport,
     /// The client's address: the TCP peer's, or the one a trusted proxy forwarded for the
-    /// request being served (`--trusted-proxy`).
+    /// request being served (`--trusted-proxy`, or any peer on a Unix socket).
     peer: SocketAddr,
-    /// The TCP peer itself.
+    /// The TCP peer itself (`socket::UNIX_PEER` on a Unix socket).
     tcp_peer: SocketAddr,
     /// Distinguishes this client from a later one that reuses the slab key (for timers).
     serial: u64,
@@ -238,8 +239,11 @@ impl Route {
 /// The running server.
 pub struct Server {
     poll: Poll,
-    listener: TcpListener,
+    listener: Listener,
+    /// The TCP address listened on (`socket::UNIX_PEER` on a Unix socket).
     local_addr: SocketAddr,
+    /// `--bind unix:PATH`: the socket file, held to be removed when the server is dropped.
+    _socket_file: Option<SocketFile>,
     config: Config,
     www: WebRoot,
     clients: Slab<Client>,
@@ -292,13 +296,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listener. Port 0 picks a free port: see [`Server::local_addr`].
+    /// Binds the listener (or takes the one systemd passed). Port 0 picks a free port: see
+    /// [`Server::local_addr`].
     pub fn bind(config: Config) -> io::Result<Server> {
         config.validate()?;
         let poll = Poll::new()?;
-        let addr = SocketAddr::new(config.bind, config.port);
-        let mut listener = TcpListener::bind(addr)
-            .map_err(|e| crate::error::io_context(format_args!("cannot listen on {addr}"), e))?;
+        let (mut listener, socket_file) = Self::listener(&config)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
@@ -328,6 +331,7 @@ impl Server {
             poll,
             listener,
             local_addr,
+            _socket_file: socket_file,
             rbuf: vec![0; config.read_buffer_size.max(1024)],
             config,
             www,
@@ -371,10 +375,7 @@ impl Server {
         if self.config.console {
             self.start_console();
         }
-        match self.tls {
-            Some(_) => info!("listening on wss://{} (and https://)", self.local_addr),
-            None => info!("listening on ws://{}", self.local_addr),
-        }
+        self.log_listening();
         loop {
             // Work queued during the last turn (reads cut short, output queued while flushing)
             // must not wait for an event that may never come.
@@ -520,7 +521,7 @@ impl Server {
             if self.over_per_ip_limit(&mut socket, peer) {
                 continue;
             }
-            let _ = socket.set_nodelay(true);
+            socket.set_nodelay();
             let key = self.clients.vacant_key();
             if let Err(e) = self.poll.registry().register(
                 &mut socket,

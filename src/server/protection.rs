@@ -61,7 +61,7 @@ fn address(peer: SocketAddr) -> IpAddr {
 impl Server {
     /// `--max-per-ip`: true (and the connection answered 429 and dropped) when the peer's
     /// address already has as many connections as it may.
-    pub(super) fn over_per_ip_limit(&mut self, socket: &mut TcpStream, peer: SocketAddr) -> bool {
+    pub(super) fn over_per_ip_limit(&mut self, socket: &mut Stream, peer: SocketAddr) -> bool {
         let Some(max) = self.config.max_per_ip else {
             return false;
         };
@@ -109,7 +109,7 @@ impl Server {
 
     /// Answers a socket that never became a client, and counts the refusal. On a TLS port
     /// it is only closed: an answer would need a handshake, which is the CPU a refusal saves.
-    pub(super) fn refuse_unregistered(&mut self, socket: &mut TcpStream, e: HandshakeError) {
+    pub(super) fn refuse_unregistered(&mut self, socket: &mut Stream, e: HandshakeError) {
         if self.tls.is_none() {
             let mut out = Vec::new();
             handshake::write_refusal(&mut out, e);
@@ -180,9 +180,11 @@ impl Server {
         }
     }
 
+    /// A `--trusted-proxy`, or any peer on a Unix socket: only local processes allowed to
+    /// open the socket file (`--unix-mode`) reach it, and they are the proxy.
     pub(super) fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
         let ip = peer.ip();
-        self.config.trusted_proxies.iter().any(|c| c.contains(ip))
+        self.listener.is_unix() || self.config.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 
     /// `--trusted-proxy`: the client a request from a trusted proxy is for becomes the
@@ -210,7 +212,7 @@ impl Server {
             x_forwarded_for: &xff,
             x_forwarded_proto: &xfp,
         };
-        let found = forwarded::client(tcp_peer, &self.config.trusted_proxies, &headers);
+        let found = forwarded::behind_proxy(tcp_peer, &self.config.trusted_proxies, &headers);
         let old = self.clients[key].peer;
         if found.addr != old {
             debug!("{tcp_peer}: forwarded for {}", found.addr);

@@ -49,7 +49,7 @@ impl TlsPort {
 
 impl Server {
     /// The transport a newly accepted socket starts with.
-    pub(super) fn transport_for(&self, socket: TcpStream) -> Transport {
+    pub(super) fn transport_for(&self, socket: Stream) -> Transport {
         match self.tls {
             Some(_) => Transport::undecided(socket),
             None => Transport::plain(socket),
