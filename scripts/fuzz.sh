@@ -44,7 +44,10 @@ for t in "${TARGETS[@]}"; do
   dict=()
   case "$t" in handshake | http_static) dict=(-dict=fuzz/dicts/http.dict) ;; esac
   echo "=== $t: ${SECS}s" >&2
-  # -max_total_time bounds the fuzzing; timeout(1) is the backstop if it hangs anyway.
+  # Build first, so that the time a rebuild takes (the tree may have changed since the build
+  # above) does not count against the fuzzing: -max_total_time bounds the fuzzing, and
+  # timeout(1) is only the backstop if it hangs anyway.
+  cargo fuzz build "$t"
   if ! timeout --kill-after=10 $((SECS + 120)) \
     cargo fuzz run "$t" "fuzz/corpus/$t" "${seeds[@]}" -- \
     -max_total_time="$SECS" -timeout=10 -rss_limit_mb=512 -print_final_stats=1 "${parallel[@]}" "${dict[@]}"; then
