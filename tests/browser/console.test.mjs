@@ -7,26 +7,19 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const ROOT = resolve(HERE, "..", "..");
-const SERVER_BIN = process.env.WSLOOP_BIN || join(ROOT, "target", "release", "wsloop");
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const SCREENSHOTS = join(HERE, "screenshots");
+import { CHROMIUM, SCREENSHOTS, killAllServers, startServer, stopServer, withTimeout } from "./server.mjs";
 
 const STEP_MS = 5_000;         // any single wait in a page
-const SERVER_START_MS = 15_000;
 const CASE_MS = 30_000;
 const WHOLE_RUN_MS = 180_000;  // watchdog for the whole file
 
 let server;      // the shared server: { child, port, output }
-const running = new Set();   // every server child this file started and has not seen exit
 let browser;
 let context;
 let baseUrl;
@@ -37,74 +30,13 @@ let notifierShowcase;   // the notification page saved as screenshots/broadcast.
 // Server and browser lifecycle
 // ---------------------------------------------------------------------------
 
-function startServer(extraArgs = []) {
-  return new Promise((resolvePort, reject) => {
-    const args = ["--port", "0", "--bind", "127.0.0.1", ...extraArgs];
-    const child = spawn(SERVER_BIN, args, {
-      cwd: ROOT,
-      env: { ...process.env, RUST_LOG: "info" },   // the port is read from the info log
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const state = { child, port: 0, output: "" };
-    running.add(child);
-    child.on("exit", () => running.delete(child));
-    const timer = setTimeout(() => {
-      stopServer(state);
-      reject(new Error(`wsloop did not log "listening on" within ${SERVER_START_MS} ms:\n${state.output}`));
-    }, SERVER_START_MS);
-
-    const watch = (chunk) => {
-      state.output += chunk.toString();
-      const match = state.output.match(/listening on wss?:\/\/127\.0\.0\.1:(\d+)/);
-      if (match && state.port === 0) {
-        state.port = Number(match[1]);
-        clearTimeout(timer);
-        resolvePort(state);
-      }
-    };
-    child.stderr.on("data", watch);
-    child.stdout.on("data", watch);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot start ${SERVER_BIN}: ${err.message}`));
-    });
-    child.on("exit", (code, signal) => {
-      if (state.port === 0) {
-        clearTimeout(timer);
-        reject(new Error(`wsloop exited (code ${code}, signal ${signal}) before listening:\n${state.output}`));
-      }
-    });
-  });
-}
-
-// SIGTERM by PID, then SIGKILL if it is still there after two seconds.
-function stopServer(state) {
-  const { child } = state;
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((done) => {
-    const force = setTimeout(() => { try { process.kill(child.pid, "SIGKILL"); } catch {} done(); }, 2_000);
-    child.once("exit", () => { clearTimeout(force); done(); });
-    try { process.kill(child.pid, "SIGTERM"); } catch { clearTimeout(force); done(); }
-  });
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const limit = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} took over ${ms} ms`)), ms); });
-  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
-}
-
 // If anything hangs, the servers still go and the run still ends.
-function killAllServers() {
-  for (const child of running) { try { process.kill(child.pid, "SIGKILL"); } catch {} }
-}
 const watchdog = setTimeout(() => {
   console.error(`browser tests: watchdog fired after ${WHOLE_RUN_MS} ms`);
   killAllServers();
   process.exit(2);
 }, WHOLE_RUN_MS);
 watchdog.unref();
-process.on("exit", killAllServers);
 
 before(async () => {
   server = await startServer(["--protocol", "chat,superchat"]);

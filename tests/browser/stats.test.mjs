@@ -7,17 +7,11 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdirSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const ROOT = resolve(HERE, "..", "..");
-const SERVER_BIN = process.env.WSLOOP_BIN || join(ROOT, "target", "release", "wsloop");
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const SCREENSHOTS = join(HERE, "screenshots");
+import { CHROMIUM, SCREENSHOTS, killAllServers, startServer, stopServer } from "./server.mjs";
 
 const STEP_MS = 10_000;
 const CASE_MS = 60_000;
@@ -30,46 +24,15 @@ let browser;
 let context;
 let baseUrl;
 
-function startServer() {
-  return new Promise((resolvePort, reject) => {
-    const child = spawn(SERVER_BIN, ["--port", "0", "--bind", "127.0.0.1", "--access-log", "off"], {
-      cwd: ROOT,
-      env: { ...process.env, RUST_LOG: "info" },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const state = { child, port: 0, output: "" };
-    const timer = setTimeout(() => { child.kill("SIGKILL"); reject(new Error(`no "listening on":\n${state.output}`)); }, 15_000);
-    const watch = (chunk) => {
-      state.output += chunk.toString();
-      const m = state.output.match(/listening on ws:\/\/127\.0\.0\.1:(\d+)/);
-      if (m && state.port === 0) { state.port = Number(m[1]); clearTimeout(timer); resolvePort(state); }
-    };
-    child.stderr.on("data", watch);
-    child.stdout.on("data", watch);
-    child.on("error", (err) => { clearTimeout(timer); reject(err); });
-  });
-}
-
-function stopServer(state) {
-  const { child } = state;
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((done) => {
-    const force = setTimeout(() => { try { process.kill(child.pid, "SIGKILL"); } catch {} done(); }, 2_000);
-    child.once("exit", () => { clearTimeout(force); done(); });
-    try { process.kill(child.pid, "SIGTERM"); } catch { clearTimeout(force); done(); }
-  });
-}
-
 const watchdog = setTimeout(() => {
   console.error("stats.test: watchdog fired");
-  if (server) try { process.kill(server.child.pid, "SIGKILL"); } catch {}
+  killAllServers();
   process.exit(2);
 }, 150_000);
 watchdog.unref();
-process.on("exit", () => { if (server) try { process.kill(server.child.pid, "SIGKILL"); } catch {} });
 
 before(async () => {
-  server = await startServer();
+  server = await startServer(["--access-log", "off"]);
   baseUrl = `http://127.0.0.1:${server.port}`;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
