@@ -279,18 +279,11 @@ fn a_room_message_is_compressed_once_per_window_and_plain_for_others() {
 
 /// Whether python3 with `websockets` is here; CI (`.ci/run`) installs it.
 fn python_websockets() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import websockets"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!(
-            "\n*** SKIPPED: python3 with `websockets` is missing (pip install websockets); \
-             .ci/run installs it ***\n"
-        );
-    }
-    ok
+    have_tool(
+        Command::new("python3").args(["-c", "import websockets"]),
+        "python3 with `websockets`",
+        "pip install websockets",
+    )
 }
 
 const PY_CLIENT: &str = r#"

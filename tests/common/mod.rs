@@ -268,3 +268,26 @@ pub fn exchange(server: &TestServer, request: &str) -> (u16, String, String) {
         String::from_utf8_lossy(&body).into_owned(),
     )
 }
+
+/// Whether an outside tool a test needs is installed (`probe` runs and succeeds). Without it
+/// the test is skipped, loudly, so that `cargo test` works on a fresh machine; under CI
+/// (`CI` set, as `.ci/run` runs) it fails instead, since `.ci/run` installs every such tool.
+pub fn have_tool(probe: &mut Command, what: &str, install: &str) -> bool {
+    let ok = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is missing under CI: {install}"
+        );
+        // Straight to stderr: libtest captures `eprintln!`, and a skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: {what} is missing ({install}); .ci/run installs it ***\n"
+        );
+    }
+    ok
+}
