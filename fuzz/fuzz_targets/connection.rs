@@ -7,12 +7,18 @@
 //! * no message is delivered after the connection failed or the peer closed;
 //! * what it writes is a sequence of well-formed frames, masked as its role requires, with
 //!   nothing after its close frame.
+//!
+//! The top two bits of the split point choose permessage-deflate (RFC 7692): off, the
+//! server's shared mode, or dedicated (context takeover), so RSV1 misuse, invalid and
+//! oversized compressed data, and compressed echoes go through the same checks.
 #![no_main]
 
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use wsloop::connection::{Connection, Event, MessageKind, OwnedEvent, State};
+use wsloop::deflate::codec::{PerMessage, SharedCodec};
+use wsloop::deflate::{self, DeflateConfig, DeflateMode};
 use wsloop::frame::{parse_header, Opcode, Parse, Role};
 
 const MAX_MESSAGE: usize = 1 << 16;
@@ -25,12 +31,44 @@ enum Feed {
     Direct,
 }
 
-fn run(role: Role, pieces: &[&[u8]]) -> (Vec<OwnedEvent>, Vec<u8>, State) {
-    run_with(role, pieces, Feed::Receive)
+fn run(role: Role, pieces: &[&[u8]], mode: DeflateMode) -> (Vec<OwnedEvent>, Vec<u8>, State) {
+    run_with(role, pieces, Feed::Receive, mode)
 }
 
-fn run_with(role: Role, pieces: &[&[u8]], feed: Feed) -> (Vec<OwnedEvent>, Vec<u8>, State) {
+/// The extension as each side agrees it: the server answers a browser's usual offer, the
+/// client accepts the plain answer to its own offer. Each run gets fresh state.
+fn with_deflate(c: &mut Connection, role: Role, mode: DeflateMode) {
+    if mode == DeflateMode::Off {
+        return;
+    }
+    let cfg = DeflateConfig {
+        mode,
+        threshold: 0,
+        ..DeflateConfig::default()
+    };
+    let per_message = match role {
+        Role::Server => {
+            let offer: &[u8] = b"permessage-deflate; client_max_window_bits";
+            let agreed = deflate::negotiate([offer], &cfg).expect("the usual offer is accepted");
+            PerMessage::for_server(agreed, &SharedCodec::new(cfg))
+        }
+        Role::Client => {
+            let agreed = deflate::accept_response(b"permessage-deflate", &cfg)
+                .expect("the plain answer is accepted");
+            PerMessage::dedicated(agreed, cfg)
+        }
+    };
+    c.set_deflate(per_message);
+}
+
+fn run_with(
+    role: Role,
+    pieces: &[&[u8]],
+    feed: Feed,
+    mode: DeflateMode,
+) -> (Vec<OwnedEvent>, Vec<u8>, State) {
     let mut c = Connection::new(role, MAX_MESSAGE);
+    with_deflate(&mut c, role, mode);
     let mut events: Vec<OwnedEvent> = Vec::new();
     let mut ended = false;
     let mut on = |c: &mut Connection, e: Event<'_>| {
@@ -78,13 +116,14 @@ fn run_with(role: Role, pieces: &[&[u8]], feed: Feed) -> (Vec<OwnedEvent>, Vec<u
     let mut out = Vec::new();
     assert!(c.out.flush_to(&mut out).expect("a Vec never fails a write"));
     assert!(c.out.is_empty());
-    check_output(role, &out);
+    check_output(role, &out, mode != DeflateMode::Off);
     (events, out, c.state())
 }
 
-/// Our own output: whole frames, FIN set, RSV clear, known opcodes, masked only as a client,
-/// control payloads of at most 125 bytes, at most one close frame and nothing after it.
-fn check_output(role: Role, out: &[u8]) {
+/// Our own output: whole frames, FIN set, RSV clear (but RSV1 on compressed data messages),
+/// known opcodes, masked only as a client, control payloads of at most 125 bytes, at most one
+/// close frame and nothing after it.
+fn check_output(role: Role, out: &[u8], deflate: bool) {
     let mut at = 0;
     let mut closed = false;
     while at < out.len() {
@@ -92,7 +131,8 @@ fn check_output(role: Role, out: &[u8]) {
         let Ok(Parse::Complete(h)) = parse_header(&out[at..]) else {
             panic!("unparseable output at {at}: {out:02x?}");
         };
-        assert!(h.fin && h.rsv == 0, "{h:?}");
+        let compressed = h.rsv == 0b100 && deflate && !h.opcode.is_control();
+        assert!(h.fin && (h.rsv == 0 || compressed), "{h:?}");
         assert!(
             matches!(
                 h.opcode,
@@ -111,17 +151,23 @@ fn check_output(role: Role, out: &[u8]) {
 }
 
 fuzz_target!(|input: &[u8]| {
-    // Layout: [split point: 2 bytes, big-endian] [bytes from the peer...]
+    // Layout: [deflate: 2 bits, split point: 14 bits, big-endian] [bytes from the peer...]
     if input.len() < 2 {
         return;
     }
-    let (cut, data) = input.split_at(2);
-    let cut = usize::from(u16::from_be_bytes([cut[0], cut[1]])) % (data.len() + 1);
+    let (head, data) = input.split_at(2);
+    let head = u16::from_be_bytes([head[0], head[1]]);
+    let mode = match head >> 14 {
+        1 => DeflateMode::Shared,
+        2 => DeflateMode::Dedicated,
+        _ => DeflateMode::Off,
+    };
+    let cut = usize::from(head & 0x3fff) % (data.len() + 1);
     let (a, b) = data.split_at(cut);
 
     for role in [Role::Server, Role::Client] {
-        let whole = run(role, &[data]);
-        let split = run(role, &[a, b]);
+        let whole = run(role, &[data], mode);
+        let split = run(role, &[a, b], mode);
         assert_eq!(
             whole.0, split.0,
             "{role:?}: events differ when split at {cut}"
@@ -134,7 +180,7 @@ fuzz_target!(|input: &[u8]| {
             // Server output is unmasked, so deterministic.
             assert_eq!(whole.1, split.1, "output differs when split at {cut}");
         }
-        let direct = run_with(role, &[a, b], Feed::Direct);
+        let direct = run_with(role, &[a, b], Feed::Direct, mode);
         assert_eq!(
             whole.0, direct.0,
             "{role:?}: events differ when read directly"
@@ -148,7 +194,7 @@ fuzz_target!(|input: &[u8]| {
         }
         if data.len() <= 512 {
             let bytes: Vec<&[u8]> = data.chunks(1).collect();
-            let dribbled = run(role, &bytes);
+            let dribbled = run(role, &bytes, mode);
             assert_eq!(whole.0, dribbled.0, "{role:?}: events differ byte by byte");
             assert_eq!(whole.2, dribbled.2, "{role:?}: state differs byte by byte");
             if role == Role::Server {
