@@ -35,8 +35,8 @@ fn run(role: Role, pieces: &[&[u8]], mode: DeflateMode) -> (Vec<OwnedEvent>, Vec
     run_with(role, pieces, Feed::Receive, mode)
 }
 
-/// The extension as each side agrees it: the server answers a browser's usual offer, the
-/// client accepts the plain answer to its own offer. Each run gets fresh state.
+/// The extension as each side agrees it: the server answers a browser's usual offer; the
+/// client's own offer is answered by the server side and accepted. Each run gets fresh state.
 fn with_deflate(c: &mut Connection, role: Role, mode: DeflateMode) {
     if mode == DeflateMode::Off {
         return;
@@ -53,8 +53,12 @@ fn with_deflate(c: &mut Connection, role: Role, mode: DeflateMode) {
             PerMessage::for_server(agreed, &SharedCodec::new(cfg))
         }
         Role::Client => {
-            let agreed = deflate::accept_response(b"permessage-deflate", &cfg)
-                .expect("the plain answer is accepted");
+            // Our own offer, answered as the server would answer it.
+            let offer = deflate::client_offer(&cfg);
+            let answered = deflate::negotiate([offer.as_bytes()], &cfg).expect("offer accepted");
+            let mut answer = Vec::new();
+            answered.write_header(&mut answer);
+            let agreed = deflate::accept_response(&answer, &cfg).expect("the answer is accepted");
             PerMessage::dedicated(agreed, cfg)
         }
     };
