@@ -183,7 +183,8 @@ impl GapCounter {
             let shift = seq - self.highest;
             self.seen = if shift >= 64 { 0 } else { self.seen << shift } | 1;
             self.highest = seq;
-            self.missed += skipped;
+            // A hostile sender can jump by nearly 2^64: the count saturates, never overflows.
+            self.missed = self.missed.saturating_add(skipped);
             return Verdict::Deliver { missed: skipped };
         }
         let back = self.highest - seq;
@@ -244,7 +245,12 @@ impl Receiver {
         let before = counter.missed();
         let verdict = counter.observe(env.seq);
         let after = counter.missed();
-        self.missed = (self.missed + after).saturating_sub(before);
+        // The counter's change may be either way (a late arrival is forgiven); saturate both.
+        self.missed = if after >= before {
+            self.missed.saturating_add(after - before)
+        } else {
+            self.missed.saturating_sub(before - after)
+        };
         match verdict {
             Verdict::Deliver { .. } => Accept::Deliver,
             Verdict::Duplicate => Accept::Duplicate,
@@ -458,5 +464,32 @@ mod tests {
         assert_eq!(s.next("b", MessageKind::Text, b"").seq, 1);
         assert_eq!(s.next("a", MessageKind::Text, b"").node, 9);
         assert_ne!(random_node_id(), random_node_id());
+    }
+
+    #[test]
+    fn huge_sequence_jumps_saturate_instead_of_overflowing() {
+        // Found by the `envelope` fuzz target: two jumps of nearly 2^64 from one sender.
+        let mut r = Receiver::new(1);
+        let env = |node, seq| Envelope {
+            node,
+            seq,
+            kind: MessageKind::Text,
+            room: "r",
+            payload: b"x",
+        };
+        assert_eq!(r.accept(&env(2, 2)), Accept::Deliver);
+        assert_eq!(r.accept(&env(2, u64::MAX / 2)), Accept::Deliver);
+        assert_eq!(r.accept(&env(2, u64::MAX)), Accept::Deliver);
+        // Every number between 2 and u64::MAX was skipped: counted once, not twice.
+        assert_eq!(r.missed(), u64::MAX - 3 - 1);
+        // A second sender's jump takes the total past what u64 holds: it stops there.
+        assert_eq!(r.accept(&env(3, 5)), Accept::Deliver);
+        assert_eq!(r.accept(&env(3, u64::MAX)), Accept::Deliver);
+        assert_eq!(r.missed(), u64::MAX);
+        let mut g = GapCounter::default();
+        g.observe(1);
+        g.observe(u64::MAX - 1);
+        g.observe(u64::MAX);
+        assert_eq!(g.missed(), u64::MAX - 3);
     }
 }
