@@ -291,3 +291,12 @@ pub fn have_tool(probe: &mut Command, what: &str, install: &str) -> bool {
     }
     ok
 }
+
+/// Waits (up to `limit`) until process `pid` is gone: exited and reaped, not even a zombie.
+pub fn gone_within(pid: u32, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while process_state(pid).is_some() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    process_state(pid).is_none()
+}
