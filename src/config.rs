@@ -186,6 +186,22 @@ pub struct Config {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub exec_grace: Duration,
 
+    /// A program per room: `NAME=PATH` runs PATH for room NAME while the room has members
+    /// (started with the first, ended `--room-exec-grace` after the last); its stdout lines go
+    /// to every member, each member's message is a line on its stdin. Repeatable.
+    #[arg(long = "room-exec", value_name = "NAME=PATH", value_parser = parse_room_exec)]
+    pub room_exec: Vec<RoomExec>,
+
+    /// An argument for a `--room-exec` program, `NAME=ARG`; repeat it for each argument, in
+    /// order (an argument may hold spaces; no shell is involved).
+    #[arg(long = "room-exec-arg", value_name = "NAME=ARG", value_parser = parse_room_exec_arg)]
+    pub room_exec_args: Vec<(String, String)>,
+
+    /// After a room's last member leaves, its program keeps running this long (a member who
+    /// joins meanwhile keeps it); then stdin closes and `--exec-grace` applies.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub room_exec_grace: Duration,
+
     /// permessage-deflate (RFC 7692): `off`; `shared` (one compressor per loop, no context
     /// kept between messages, no state per connection: on by default, as every browser
     /// offers it); `dedicated` (context kept both ways for the best ratio, about 220 KiB per
@@ -331,11 +347,67 @@ impl Config {
         if self.redis_ping_interval.is_zero() {
             return invalid("--redis-ping-interval must be above zero".into());
         }
+        for (i, r) in self.room_exec.iter().enumerate() {
+            if self.room_exec[..i].iter().any(|o| o.room == r.room) {
+                return invalid(format!("--room-exec: room {:?} given twice", r.room));
+            }
+        }
+        if let Some((room, _)) = self
+            .room_exec_args
+            .iter()
+            .find(|(room, _)| !self.room_exec.iter().any(|r| &r.room == room))
+        {
+            return invalid(format!(
+                "--room-exec-arg {room}=...: no --room-exec for that room"
+            ));
+        }
         if self.redis_buffer == 0 {
             return invalid("--redis-buffer must be above zero".into());
         }
         Ok(())
     }
+}
+
+/// `--room-exec NAME=PATH`: which room runs which program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomExec {
+    pub room: String,
+    pub path: PathBuf,
+}
+
+impl std::fmt::Display for RoomExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.room, self.path.display())
+    }
+}
+
+/// Splits `NAME=VALUE` with NAME a room name.
+fn room_pair(s: &str) -> Result<(&str, &str), String> {
+    let (room, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))?;
+    if !crate::room::valid_name(room) {
+        return Err(format!(
+            "{room:?}: not a room name (1-64 of A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    Ok((room, value))
+}
+
+fn parse_room_exec(s: &str) -> Result<RoomExec, String> {
+    let (room, path) = room_pair(s)?;
+    if path.is_empty() {
+        return Err(format!("{s:?}: no program after '='"));
+    }
+    Ok(RoomExec {
+        room: room.into(),
+        path: path.into(),
+    })
+}
+
+fn parse_room_exec_arg(s: &str) -> Result<(String, String), String> {
+    let (room, arg) = room_pair(s)?;
+    Ok((room.into(), arg.into()))
 }
 
 /// RFC 9110 §5.6.2: `token = 1*tchar`.

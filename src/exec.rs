@@ -178,9 +178,18 @@ impl Program {
         args: &[S],
         info: &RequestInfo,
     ) -> io::Result<Program> {
+        Program::spawn_with_env(path, args, info.env())
+    }
+
+    /// Starts `path args…` with these environment variables added, and all three pipes.
+    pub fn spawn_with_env<S: AsRef<OsStr>>(
+        path: &std::path::Path,
+        args: &[S],
+        env: Vec<(String, String)>,
+    ) -> io::Result<Program> {
         let mut child = Command::new(path)
             .args(args)
-            .envs(info.env())
+            .envs(env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

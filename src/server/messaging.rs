@@ -25,6 +25,7 @@ impl Server {
             now,
             console_out,
             deflate,
+            room_programs,
             ..
         } = self;
         let now = *now;
@@ -59,7 +60,8 @@ impl Server {
                         stats.bytes_out += payload.len() as u64;
                         c.send_payload(kind, payload);
                     }
-                    Route::Room(_) => {
+                    Route::Room(name) => {
+                        room_programs.send_line(name, &payload);
                         let mut message = Broadcast::new(shared_frame(scratch, kind, &payload));
                         if room_echo {
                             message.send(c, deflate, scratch);

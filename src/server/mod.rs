@@ -40,12 +40,14 @@ mod messaging;
 mod programs;
 mod protection;
 mod requests;
+mod room_programs;
 mod signals;
 mod stats;
 mod tls_port;
 
 use compression::Broadcast;
 use protection::Protection;
+use room_programs::{RoomPrograms, ROOM_PROGRAM};
 use stats::Stats;
 use tls_port::TlsPort;
 
@@ -289,6 +291,8 @@ pub struct Server {
     endings: Vec<Ending>,
     /// Programs running: attached ones and those still ending.
     children: usize,
+    /// `--room-exec`: the programs of rooms.
+    room_programs: RoomPrograms,
     /// Origin policy, per-address counts, the spare descriptor.
     protection: Protection,
     /// `--tls-cert`: the certificates, the handshake budget, reloading.
@@ -317,6 +321,10 @@ impl Server {
             exec::check_program(path).map_err(|e| {
                 crate::error::io_context(format_args!("--exec {}", path.display()), e)
             })?;
+        }
+        for r in &config.room_exec {
+            exec::check_program(&r.path)
+                .map_err(|e| crate::error::io_context(format_args!("--room-exec {r}"), e))?;
         }
         let protection = Protection::new(&config)?;
         let tls = TlsPort::new(&config, Instant::now())?;
@@ -360,6 +368,7 @@ impl Server {
             stdio_flags: None,
             endings: Vec::new(),
             children: 0,
+            room_programs: RoomPrograms::default(),
             protection,
             tls,
         })
@@ -403,6 +412,10 @@ impl Server {
                         }
                         self.flush_console();
                     }
+                    Token(t) if t & ROOM_PROGRAM != 0 => self.on_room_program_pipe(
+                        (t & !ROOM_PROGRAM) >> TOKEN_SHIFT,
+                        t & ((1 << TOKEN_SHIFT) - 1),
+                    ),
                     Token(t) => {
                         let key = t >> TOKEN_SHIFT;
                         match t & ((1 << TOKEN_SHIFT) - 1) {
@@ -447,6 +460,9 @@ impl Server {
             if self.endings.iter().any(|e| now >= e.next_deadline()) {
                 self.tick_endings(now);
             }
+            if self.room_programs_deadline().is_some_and(|at| now >= at) {
+                self.room_programs_due(now);
+            }
             if self.draining.is_some_and(|at| now >= at) {
                 self.shut_down();
             }
@@ -482,6 +498,9 @@ impl Server {
         }
         for e in &self.endings {
             next = next.min(e.next_deadline());
+        }
+        if let Some(at) = self.room_programs_deadline() {
+            next = next.min(at);
         }
         if let Some(at) = self.stopping {
             next = next.min(at);
@@ -634,10 +653,12 @@ impl Server {
             } else {
                 self.on_bytes(key, &mut buf[..n]);
             }
+            let room_backlog = self.room_stdin_backlog(key);
             if let Some(client) = self.clients.get_mut(key) {
-                if client.over(self.config.max_backlog) {
+                let max = self.config.max_backlog;
+                if client.over(max) || room_backlog > max {
                     debug!(
-                        "{}: {} bytes unsent, {} for its program, reading paused",
+                        "{}: {} bytes unsent, {} for its program, {room_backlog} for its room's, reading paused",
                         client.peer,
                         client.backlog(),
                         client.program_backlog()
@@ -768,10 +789,13 @@ impl Server {
     /// requests it had already sent, then the socket.
     fn maybe_resume(&mut self, key: usize) {
         self.maybe_resume_program(key);
+        self.maybe_resume_room_program(key);
+        let room_backlog = self.room_stdin_backlog(key);
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if !client.paused || client.over(self.config.max_backlog / 2) {
+        let half = self.config.max_backlog / 2;
+        if !client.paused || client.over(half) || room_backlog > half {
             return;
         }
         client.paused = false;
@@ -961,6 +985,7 @@ impl Server {
             if self.config.room_events && left > 0 {
                 self.room_event("leave", &name, left);
             }
+            self.room_program_left(&name, left);
         }
     }
 }

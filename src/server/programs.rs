@@ -181,6 +181,7 @@ impl Server {
         for key in keys {
             self.program_progress(key);
         }
+        self.reap_room_programs();
         self.tick_endings(Instant::now());
     }
 
@@ -196,6 +197,7 @@ impl Server {
         for key in keys {
             self.end(key);
         }
+        self.stop_room_programs();
         for e in &mut self.endings {
             e.kill_now();
         }

@@ -489,6 +489,12 @@ impl Server {
         } else {
             None
         };
+        if let Route::Room(name) = &route {
+            if let Err(e) = self.room_program_join(name) {
+                self.refuse(key, e);
+                return false;
+            }
+        }
         let mut conn = Connection::new(Role::Server, self.config.max_message_size);
         conn.set_timeouts(self.timeouts.clone(), self.now);
         let deflate = self.negotiate_deflate(head);

@@ -1,0 +1,369 @@
+//! A program per room (`--room-exec NAME=PATH`): started with the room's first member, ended
+//! `--room-exec-grace` after its last (then the `--exec` ending: stdin closed, SIGTERM, SIGKILL);
+//! its stdout lines go to every member as one fan-out each, each member's message is a line on
+//! its stdin. A program that exits while members remain closes them (1000 after a zero exit
+//! status, 1011 otherwise), as `--exec` closes its one client: restarting could replay a
+//! program's start-up output into a conversation that already had it.
+
+use std::collections::HashMap;
+
+use super::*;
+
+/// Set in the tokens of room programs' pipes: a client's token is its slab key shifted by
+/// [`TOKEN_SHIFT`], far below this bit, and the loop's own tokens sit at the top of the range,
+/// above the pipe tokens a slot could make.
+pub(super) const ROOM_PROGRAM: usize = 1 << (usize::BITS - 2);
+
+/// The room programs running, by slot (their pipes' tokens) and by room.
+#[derive(Default)]
+pub(super) struct RoomPrograms {
+    running: Slab<RoomProgram>,
+    by_room: HashMap<Rc<str>, usize>,
+    /// Lines read from a stdout, delivered once reading is done (the program is borrowed while
+    /// it is read): the bytes, and where each line ends. Kept, so reading does not allocate.
+    lines: Vec<u8>,
+    ends: Vec<usize>,
+    /// Scratch list of a room's members to resume.
+    members: Vec<usize>,
+}
+
+struct RoomProgram {
+    room: Rc<str>,
+    program: Program,
+    /// Stdout is left unread until some member has drained its backlog to half.
+    stdout_held: bool,
+    /// The room is empty: the program is ended at this time unless someone joins first.
+    idle_until: Option<Instant>,
+}
+
+impl RoomPrograms {
+    /// The bytes a room's program has not taken on stdin yet (0 without a program).
+    pub(super) fn stdin_backlog(&self, room: &str) -> usize {
+        self.by_room
+            .get(room)
+            .map_or(0, |&slot| self.running[slot].program.stdin_backlog())
+    }
+
+    /// A member's message: one line on the room program's stdin, if the room has one.
+    pub(super) fn send_line(&mut self, room: &str, line: &[u8]) {
+        let Some(&slot) = self.by_room.get(room) else {
+            return;
+        };
+        let p = &mut self.running[slot].program;
+        if let Err(e) = p.send_line(line) {
+            debug!("room {room}: program pid {} stdin closed: {e}", p.pid());
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.running.iter().filter_map(|(_, r)| r.idle_until).min()
+    }
+}
+
+impl Server {
+    /// An upgrade to `room`: its program keeps running, or is started if the room has one
+    /// configured and none runs (refused with 503 over `--max-children`, 500 if it fails).
+    pub(super) fn room_program_join(&mut self, room: &Rc<str>) -> Result<(), HandshakeError> {
+        if let Some(&slot) = self.room_programs.by_room.get(room) {
+            let r = &mut self.room_programs.running[slot];
+            if r.idle_until.take().is_some() {
+                info!(
+                    "room {room}: a member is back, program pid {} kept",
+                    r.program.pid()
+                );
+            }
+            return Ok(());
+        }
+        let Some(spec) = self.config.room_exec.iter().find(|r| *r.room == **room) else {
+            return Ok(());
+        };
+        if self.children >= self.config.max_children {
+            info!(
+                "room {room}: {} programs running (limit {}), upgrade refused",
+                self.children, self.config.max_children
+            );
+            return Err(HandshakeError::Unavailable);
+        }
+        let path = spec.path.clone();
+        let args: Vec<&str> = self
+            .config
+            .room_exec_args
+            .iter()
+            .filter(|(r, _)| **r == **room)
+            .map(|(_, a)| a.as_str())
+            .collect();
+        let env = vec![
+            ("WSLOOP_ROOM".to_string(), room.to_string()),
+            (
+                "SERVER_SOFTWARE".to_string(),
+                concat!("wsloop/", env!("CARGO_PKG_VERSION")).to_string(),
+            ),
+            (
+                "SERVER_PORT".to_string(),
+                self.local_addr.port().to_string(),
+            ),
+        ];
+        let mut program = Program::spawn_with_env(&path, &args, env).map_err(|e| {
+            warn!("room {room}: cannot start {}: {e}", path.display());
+            HandshakeError::ProgramFailed
+        })?;
+        self.children += 1;
+        let slot = self.room_programs.running.vacant_key();
+        let base = ROOM_PROGRAM | (slot << TOKEN_SHIFT);
+        if let Err(e) = program.register(self.poll.registry(), base) {
+            warn!(
+                "room {room}: cannot poll the pipes of pid {}: {e}",
+                program.pid()
+            );
+            self.endings
+                .push(program.detach(Instant::now(), Duration::ZERO));
+            return Err(HandshakeError::ProgramFailed);
+        }
+        info!("room {room}: program pid {} started", program.pid());
+        self.room_programs.running.insert(RoomProgram {
+            room: room.clone(),
+            program,
+            stdout_held: false,
+            idle_until: None,
+        });
+        self.room_programs.by_room.insert(room.clone(), slot);
+        Ok(())
+    }
+
+    /// A member left `room`, `left` remain: with none left, the program's grace period begins.
+    pub(super) fn room_program_left(&mut self, room: &str, left: usize) {
+        if left > 0 {
+            return;
+        }
+        let Some(&slot) = self.room_programs.by_room.get(room) else {
+            return;
+        };
+        let r = &mut self.room_programs.running[slot];
+        r.idle_until = Some(self.now + self.config.room_exec_grace);
+        debug!(
+            "room {room}: empty, program pid {} ends in {:?} unless someone joins",
+            r.program.pid(),
+            self.config.room_exec_grace
+        );
+    }
+
+    /// The bytes the program of `key`'s room has not taken on stdin (0 for other routes).
+    pub(super) fn room_stdin_backlog(&self, key: usize) -> usize {
+        if self.room_programs.running.is_empty() {
+            return 0;
+        }
+        match self.clients.get(key).map(|c| &c.phase) {
+            Some(Phase::WebSocket(ws)) => match &ws.route {
+                Route::Room(name) => self.room_programs.stdin_backlog(name),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    /// The earliest end of a room program's grace period.
+    pub(super) fn room_programs_deadline(&self) -> Option<Instant> {
+        self.room_programs.next_deadline()
+    }
+
+    /// Programs of rooms empty for their whole grace period are ended (the `--exec` way).
+    pub(super) fn room_programs_due(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .room_programs
+            .running
+            .iter()
+            .filter(|(_, r)| r.idle_until.is_some_and(|at| now >= at))
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in due {
+            let r = self.room_programs.running.remove(slot);
+            self.room_programs.by_room.remove(&r.room);
+            info!(
+                "room {}: empty for {:?}, program pid {}: stdin closed",
+                r.room,
+                self.config.room_exec_grace,
+                r.program.pid()
+            );
+            self.endings
+                .push(r.program.detach(now, self.config.exec_grace));
+        }
+    }
+
+    /// A room program's pipe is ready.
+    pub(super) fn on_room_program_pipe(&mut self, slot: usize, pipe: usize) {
+        match pipe {
+            exec::STDOUT => self.read_room_program(slot),
+            exec::STDERR => {
+                let mut buf = mem::take(&mut self.rbuf);
+                if let Some(r) = self.room_programs.running.get_mut(slot) {
+                    let (room, pid) = (&r.room, r.program.pid());
+                    r.program.read_stderr(&mut buf, &mut |line| {
+                        info!(
+                            "room {room}: program pid {pid} stderr: {}",
+                            String::from_utf8_lossy(line)
+                        )
+                    });
+                }
+                self.rbuf = buf;
+            }
+            _ => {
+                let Some(r) = self.room_programs.running.get_mut(slot) else {
+                    return;
+                };
+                let _ = r.program.flush_stdin();
+                // The program took some of its input: members paused for it may be read again.
+                let mut members = mem::take(&mut self.room_programs.members);
+                members.clear();
+                members.extend_from_slice(self.rooms.members(&r.room));
+                for &key in &members {
+                    self.maybe_resume(key);
+                }
+                self.room_programs.members = members;
+            }
+        }
+        self.room_program_progress(slot);
+    }
+
+    /// Reads the program's stdout, no more than some member has room for, and sends each line
+    /// to every member: one fan-out, encoded once, compressed once per window. Members that
+    /// are behind meet the slow-consumer policy; when all are, the pipe is left unread (the
+    /// program blocks on it) until one drains to half.
+    fn read_room_program(&mut self, slot: usize) {
+        let RoomPrograms {
+            running,
+            lines,
+            ends,
+            ..
+        } = &mut self.room_programs;
+        let Some(r) = running.get_mut(slot) else {
+            return;
+        };
+        let least = self
+            .rooms
+            .members(&r.room)
+            .iter()
+            .filter_map(|&m| self.clients.get(m))
+            .map(Client::backlog)
+            .min()
+            .unwrap_or(0);
+        // Half: a line of n bytes and its newline become a frame of at most n + 1 bytes plus a
+        // header of 1 to 9 bytes more than the newline, so at most twice what was read.
+        let room = self.config.max_backlog.saturating_sub(least) / 2;
+        let mut buf = mem::take(&mut self.rbuf);
+        lines.clear();
+        ends.clear();
+        let read = r.program.read_stdout(&mut buf, room, &mut |line| {
+            lines.extend_from_slice(line);
+            ends.push(lines.len());
+        });
+        self.rbuf = buf;
+        if read == Pipe::Unread && !r.stdout_held {
+            debug!(
+                "room {}: every member is behind, program pid {} stdout paused",
+                r.room,
+                r.program.pid()
+            );
+        }
+        r.stdout_held = read == Pipe::Unread;
+        let name = r.room.clone();
+        let lines = mem::take(&mut self.room_programs.lines);
+        let ends = mem::take(&mut self.room_programs.ends);
+        let mut start = 0;
+        for &end in &ends {
+            let text = String::from_utf8_lossy(&lines[start..end]);
+            start = end;
+            let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
+            self.deliver_message(&name, None, &mut Broadcast::new(frame));
+        }
+        self.room_programs.lines = lines;
+        self.room_programs.ends = ends;
+    }
+
+    /// A member of `key`'s room drained its backlog: a held stdout is read again (now, as
+    /// the pipe, already full, raises no new event).
+    pub(super) fn maybe_resume_room_program(&mut self, key: usize) {
+        if self.room_programs.running.is_empty() {
+            return;
+        }
+        let Some(client) = self.clients.get(key) else {
+            return;
+        };
+        let Phase::WebSocket(ws) = &client.phase else {
+            return;
+        };
+        let Route::Room(name) = &ws.route else {
+            return;
+        };
+        let Some(&slot) = self.room_programs.by_room.get(name) else {
+            return;
+        };
+        if !self.room_programs.running[slot].stdout_held
+            || ws.conn.out.len() > self.config.max_backlog / 2
+        {
+            return;
+        }
+        self.room_programs.running[slot].stdout_held = false;
+        debug!("room {name}: program stdout resumed");
+        self.read_room_program(slot);
+        self.room_program_progress(slot);
+    }
+
+    /// Once a room program's stdout is closed and it has exited, its members are closed:
+    /// 1000 after a zero exit status, 1011 otherwise (after every line it wrote).
+    fn room_program_progress(&mut self, slot: usize) {
+        let Some(r) = self.room_programs.running.get_mut(slot) else {
+            return;
+        };
+        if r.program.stdout_open() {
+            return;
+        }
+        let Some(status) = r.program.try_reap() else {
+            return;
+        };
+        let (room, pid) = (r.room.clone(), r.program.pid());
+        let mut buf = [0u8; 4096];
+        r.program.read_stderr(&mut buf, &mut |line| {
+            info!(
+                "room {room}: program pid {pid} stderr: {}",
+                String::from_utf8_lossy(line)
+            )
+        });
+        self.room_programs.running.remove(slot);
+        self.room_programs.by_room.remove(&room);
+        self.children -= 1;
+        let (code, reason) = if status.success() {
+            (close_code::NORMAL, "room program exited".to_string())
+        } else {
+            (close_code::INTERNAL, format!("room program {status}"))
+        };
+        let members = self.rooms.members(&room).len();
+        info!("room {room}: program pid {pid} {status}; closing its {members} members");
+        let mut keys = mem::take(&mut self.room_programs.members);
+        keys.clear();
+        keys.extend_from_slice(self.rooms.members(&room));
+        for &key in &keys {
+            if let Some(Phase::WebSocket(ws)) = self.clients.get_mut(key).map(|c| &mut c.phase) {
+                ws.conn.close(code, &reason, self.now);
+            }
+            self.queue_flush(key);
+        }
+        self.room_programs.members = keys;
+    }
+
+    /// SIGCHLD: see which room programs have exited.
+    pub(super) fn reap_room_programs(&mut self) {
+        let slots: Vec<usize> = self.room_programs.running.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            self.room_program_progress(slot);
+        }
+    }
+
+    /// On the way out: room programs join the endings, which are killed at once.
+    pub(super) fn stop_room_programs(&mut self) {
+        self.room_programs.by_room.clear();
+        for r in self.room_programs.running.drain() {
+            self.endings
+                .push(r.program.detach(self.now, Duration::ZERO));
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! `--room-exec NAME=PATH`: one program per room, over real sockets and real processes.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Says who it is, then answers each line: `pid` with its PID, `quit N` by exiting with N,
+/// anything else with the prefix given as its first argument.
+const PROGRAM: &str = r#"echo "started $WSLOOP_ROOM $$"
+while IFS= read -r line; do
+  case "$line" in
+    pid) echo "pid $$" ;;
+    quit*) exit "${line#quit }" ;;
+    *) echo "$1$line" ;;
+  esac
+done"#;
+
+fn script(name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsloop-room-exec-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn send(s: &mut TcpStream, text: &str) {
+    s.write_all(&frame(true, 1, text.as_bytes())).unwrap();
+}
+
+/// The next text message.
+fn text(s: &mut TcpStream) -> String {
+    let (fin, op, p) = read_frame(s).expect("a message");
+    assert!(fin && op == 1, "a whole text message, got opcode {op}");
+    String::from_utf8(p).unwrap()
+}
+
+/// A member's first message is the program's greeting; returns the program's PID.
+fn greeting(s: &mut TcpStream, room: &str) -> u32 {
+    let line = text(s);
+    let pid = line
+        .strip_prefix(&format!("started {room} "))
+        .unwrap_or_else(|| panic!("a greeting from the {room} program, got {line:?}"));
+    pid.parse().unwrap()
+}
+
+fn pid_of(s: &mut TcpStream) -> u32 {
+    send(s, "pid");
+    let line = text(s);
+    line.strip_prefix("pid ")
+        .unwrap_or_else(|| panic!("a pid answer, got {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+fn leave(mut s: TcpStream) {
+    s.write_all(&frame(true, 8, &1000u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(read_close_code(&mut s), Some(1000));
+}
+
+fn server(extra: &[&str]) -> TestServer {
+    let program = script("program.sh", PROGRAM);
+    let spec = format!("chat={}", program.display());
+    let mut args = vec!["--room-exec", &spec, "--room-exec-arg", "chat=got:"];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
+}
+
+#[test]
+fn two_members_see_each_line_once_and_their_messages_reach_stdin() {
+    let server = server(&[]);
+    let mut a = server.ws_raw("/room/chat");
+    let pid = greeting(&mut a, "chat");
+    let mut b = server.ws_raw("/room/chat");
+    // A second member does not start a second program.
+    assert_eq!(pid_of(&mut b), pid);
+    assert_eq!(text(&mut a), "pid");
+    assert_eq!(text(&mut a), format!("pid {pid}"));
+    send(&mut a, "hello");
+    // B hears A directly (the room), then the program's answer; A only the answer.
+    assert_eq!(text(&mut b), "hello");
+    assert_eq!(text(&mut b), "got:hello");
+    assert_eq!(text(&mut a), "got:hello");
+    send(&mut b, "again");
+    assert_eq!(text(&mut a), "again");
+    // Each line came once: the next thing each sees is the answer to the second message.
+    assert_eq!(text(&mut a), "got:again");
+    assert_eq!(text(&mut b), "got:again");
+    assert_eq!(children_of(server.child.id()), vec![pid]);
+}
+
+#[test]
+fn the_program_ends_a_grace_period_after_the_last_member_leaves() {
+    let server = server(&["--room-exec-grace", "300ms", "--exec-grace", "200ms"]);
+    let mut a = server.ws_raw("/room/chat");
+    let pid = greeting(&mut a, "chat");
+    let b = server.ws_raw("/room/chat");
+    leave(a);
+    // One member is left: the program stays.
+    assert!(
+        !gone_within(pid, Duration::from_millis(600)),
+        "pid {pid} ended early"
+    );
+    leave(b);
+    assert!(server.wait_log(&format!("program pid {pid} ends in")));
+    assert!(
+        gone_within(pid, Duration::from_secs(5)),
+        "pid {pid} still there"
+    );
+    assert!(server.wait_log(&format!("program pid {pid}: stdin closed")));
+    // The next member starts a new one.
+    let mut c = server.ws_raw("/room/chat");
+    let again = greeting(&mut c, "chat");
+    assert_ne!(again, pid);
+}
+
+#[test]
+fn a_member_joining_within_the_grace_period_keeps_the_same_program() {
+    let server = server(&["--room-exec-grace", "30s"]);
+    let mut a = server.ws_raw("/room/chat");
+    let pid = greeting(&mut a, "chat");
+    leave(a);
+    assert!(server.wait_log(&format!("program pid {pid} ends in")));
+    let mut b = server.ws_raw("/room/chat");
+    assert!(server.wait_log(&format!("a member is back, program pid {pid} kept")));
+    assert_eq!(pid_of(&mut b), pid);
+    send(&mut b, "still here");
+    assert_eq!(text(&mut b), "got:still here");
+}
+
+#[test]
+fn a_rooms_program_hears_and_speaks_to_its_own_room_only() {
+    let program = script("program.sh", PROGRAM);
+    let chat = format!("chat={}", program.display());
+    let news = format!("news={}", program.display());
+    let server = TestServer::start(&[
+        "--room-exec",
+        &chat,
+        "--room-exec",
+        &news,
+        "--room-exec-arg",
+        "chat=chat:",
+        "--room-exec-arg",
+        "news=news:",
+    ]);
+    let mut c = server.ws_raw("/room/chat");
+    let chat_pid = greeting(&mut c, "chat");
+    let mut n = server.ws_raw("/room/news");
+    let news_pid = greeting(&mut n, "news");
+    assert_ne!(chat_pid, news_pid);
+    // A room without a program: its members hear no program and feed none.
+    let mut plain = server.ws_raw("/room/plain");
+    send(&mut plain, "secret");
+    send(&mut n, "headline");
+    send(&mut c, "hi");
+    assert_eq!(text(&mut c), "chat:hi");
+    assert_eq!(text(&mut n), "news:headline");
+    send(&mut plain, "ping");
+    send(&mut c, "pid");
+    assert_eq!(text(&mut c), format!("pid {chat_pid}"));
+    plain
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        read_frame(&mut plain).is_err(),
+        "the plain room heard a program"
+    );
+}
+
+#[test]
+fn a_program_exiting_closes_its_members_1011_and_the_next_member_starts_another() {
+    let server = server(&[]);
+    let mut a = server.ws_raw("/room/chat");
+    let pid = greeting(&mut a, "chat");
+    let mut b = server.ws_raw("/room/chat");
+    send(&mut a, "quit 3");
+    assert_eq!(read_close_code(&mut a), Some(1011));
+    assert_eq!(read_close_code(&mut b), Some(1011));
+    assert!(gone_within(pid, Duration::from_secs(5)));
+    let mut c = server.ws_raw("/room/chat");
+    assert_ne!(greeting(&mut c, "chat"), pid);
+    // A zero exit status closes with 1000.
+    send(&mut c, "quit 0");
+    assert_eq!(read_close_code(&mut c), Some(1000));
+}
+
+/// `yes` floods the room: with its only member not reading, stdout is left unread (the
+/// program blocks), not buffered; it is read again once the member catches up.
+#[test]
+fn a_program_that_outpaces_every_member_is_held() {
+    let server = TestServer::start(&[
+        "--max-backlog",
+        "256KiB",
+        "--room-exec",
+        "flood=/usr/bin/yes",
+    ]);
+    let mut s = server.ws_raw("/room/flood");
+    assert!(server.wait_log("stdout paused"), "reading yes paused");
+    let mut read = 0;
+    while !server
+        .log
+        .lock()
+        .unwrap()
+        .contains("program stdout resumed")
+    {
+        let (_, op, p) = read_frame(&mut s).unwrap();
+        assert_eq!((op, p.as_slice()), (1, &b"y"[..]));
+        read += 1;
+        assert!(read < 10_000_000, "never resumed");
+    }
+    assert!(!server.log.lock().unwrap().contains("slow consumer"));
+}
+
+/// A program that never reads stdin: members are paused once its stdin backlog is over the
+/// limit, instead of the server buffering their messages without end.
+#[test]
+fn members_are_paused_while_the_program_does_not_take_its_input() {
+    let sleeper = script("sleeper.sh", "exec sleep 10");
+    let spec = format!("quiet={}", sleeper.display());
+    let server = TestServer::start(&["--max-backlog", "256KiB", "--room-exec", &spec]);
+    let mut s = server.ws_raw("/room/quiet");
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let chunk = frame(true, 1, &[b'x'; 16 * 1024]);
+    // The pipe (64 KiB) and the backlog (256 KiB) fill; then TCP pushes back on us.
+    for _ in 0..4096 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        if server
+            .log
+            .lock()
+            .unwrap()
+            .contains("for its room's, reading paused")
+        {
+            break;
+        }
+    }
+    assert!(server.wait_log("for its room's, reading paused"));
+}
+
+#[test]
+fn bad_room_exec_flags_fail_at_start() {
+    for args in [
+        &["--room-exec", "bad/name=/bin/cat"][..],
+        &["--room-exec", "chat="],
+        &[
+            "--room-exec",
+            "chat=/bin/cat",
+            "--room-exec",
+            "chat=/bin/cat",
+        ],
+        &["--room-exec-arg", "chat=x"],
+        &["--room-exec", "chat=/nonexistent/program"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wsloop"))
+            .args(["--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("room-exec"), "{args:?}: {err}");
+    }
+}
