@@ -202,6 +202,15 @@ pub struct Config {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub room_exec_grace: Duration,
 
+    /// With `--redis`: a room program runs on the node holding the room's lease in Redis,
+    /// which lasts this long and is renewed every third of it (see the README).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub room_exec_lease: Duration,
+
+    /// With `--redis`: a node whose room has members but not the lease asks for it this often.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub room_exec_lease_retry: Duration,
+
     /// permessage-deflate (RFC 7692): `off`; `shared` (one compressor per loop, no context
     /// kept between messages, no state per connection: on by default, as every browser
     /// offers it); `dedicated` (context kept both ways for the best ratio, about 220 KiB per
@@ -346,6 +355,13 @@ impl Config {
         }
         if self.redis_ping_interval.is_zero() {
             return invalid("--redis-ping-interval must be above zero".into());
+        }
+        if self.room_exec_lease < Duration::from_millis(30) || self.room_exec_lease_retry.is_zero()
+        {
+            return invalid(
+                "--room-exec-lease must be at least 30ms and --room-exec-lease-retry above zero"
+                    .into(),
+            );
         }
         for (i, r) in self.room_exec.iter().enumerate() {
             if self.room_exec[..i].iter().any(|o| o.room == r.room) {

@@ -6,10 +6,12 @@
 
 pub mod bridge;
 pub mod envelope;
+pub mod lease;
 pub mod redis;
 pub mod url;
 
 pub use bridge::RedisBridge;
 pub use envelope::{Envelope, EnvelopeError, GapCounter};
+pub use lease::{LeaseEvent, LeaseOp, LeaseSettings, Leases};
 pub use redis::{RedisLink, RedisStats};
 pub use url::RedisUrl;

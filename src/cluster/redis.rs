@@ -109,6 +109,19 @@ pub enum Event {
         kind: MessageKind,
         payload: Vec<u8>,
     },
+    /// `--room-exec`: Redis answered a lease command ([`RedisLink::lease`]).
+    Lease {
+        op: crate::cluster::lease::LeaseOp,
+        room: String,
+        granted: bool,
+    },
+    /// `--room-exec`: a member on another node spoke to the program of `room`, which runs
+    /// here ([`RedisLink::subscribe_input`]).
+    Input {
+        room: String,
+        kind: MessageKind,
+        payload: Vec<u8>,
+    },
 }
 
 /// Why the link was lost; each is answered the same way (close, back off, reconnect), the
@@ -176,6 +189,8 @@ enum Reply {
     Publish {
         end: u64,
     },
+    /// A lease command (`room_exec.rs`): `+OK`, null, 1 or 0.
+    Lease,
 }
 
 #[derive(Debug)]
@@ -254,6 +269,8 @@ pub struct RedisLink {
     sequencer: Sequencer,
     receiver: Receiver,
     stats: RedisStats,
+    /// `--room-exec`: lease replies awaited, input channels.
+    room_exec: room_exec::RoomExecWire,
 }
 
 impl RedisLink {
@@ -273,6 +290,7 @@ impl RedisLink {
             sequencer: Sequencer::new(node),
             receiver: Receiver::new(node),
             stats: RedisStats::default(),
+            room_exec: room_exec::RoomExecWire::new(node),
         }
     }
 
@@ -499,6 +517,7 @@ impl RedisLink {
             args.extend(batch.iter().map(|c| c.as_bytes()));
             self.wires[Side::Subscriber as usize].command(&args);
         }
+        self.resubscribe_inputs();
         // Last: Redis answers in order, so its PONG means every SUBSCRIBE above is in effect
         // by the time the link says it is up.
         for w in &mut self.wires {
@@ -521,6 +540,7 @@ impl RedisLink {
             .count();
         self.stats.dropped += unwritten as u64;
         self.wires = Default::default();
+        self.room_exec.lost();
         self.stats.connected = false;
         self.failures = self.failures.saturating_add(1);
         let retry_in = self.backoff(self.failures);
@@ -590,6 +610,14 @@ impl RedisLink {
             return Err(LinkError::ReplyTooLarge);
         }
         let input = &self.wires[side as usize].input[from..from + used];
+        if side == Side::Publisher
+            && self.wires[Side::Publisher as usize].expect.front() == Some(&Reply::Lease)
+        {
+            if let Some(granted) = room_exec::lease_answer(&frame, input) {
+                self.on_lease_reply(granted)?;
+                return Ok(Some(used));
+            }
+        }
         let text = |r: &(usize, usize)| String::from_utf8_lossy(&input[r.0..r.1]).into_owned();
         match (&frame, side) {
             (RangeFrame::Error(r), _) => return Err(LinkError::ErrorReply(text(r))),
@@ -666,6 +694,9 @@ impl RedisLink {
     }
 
     fn on_message(&mut self, channel: &[u8], data: &[u8]) {
+        if self.on_input_message(channel, data) {
+            return;
+        }
         let prefix = format!("{}:room:", self.settings.prefix);
         let Some(room) = channel
             .strip_prefix(prefix.as_bytes())
@@ -755,6 +786,8 @@ fn resp_depth(input: &[u8]) -> usize {
     }
     deepest
 }
+
+mod room_exec;
 
 #[cfg(test)]
 mod tests;
