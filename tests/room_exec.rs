@@ -223,7 +223,7 @@ fn a_program_that_outpaces_every_member_is_held() {
 /// limit, instead of the server buffering their messages without end.
 #[test]
 fn members_are_paused_while_the_program_does_not_take_its_input() {
-    let sleeper = script("sleeper.sh", "exec sleep 10");
+    let sleeper = script("sleeper.sh", "exec sleep 5");
     let spec = format!("quiet={}", sleeper.display());
     let server = TestServer::start(&["--max-backlog", "256KiB", "--room-exec", &spec]);
     let mut s = server.ws_raw("/room/quiet");
@@ -271,4 +271,25 @@ fn bad_room_exec_flags_fail_at_start() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("room-exec"), "{args:?}: {err}");
     }
+}
+
+/// A stop signal: the members get their 1001, the server exits, and no room program is left.
+#[test]
+fn no_room_program_outlives_the_server() {
+    let mut server = server(&["--room-exec-grace", "30s"]);
+    let mut a = server.ws_raw("/room/chat");
+    let pid = greeting(&mut a, "chat");
+    // SIGTERM by the PID we started.
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(read_close_code(&mut a), Some(1001));
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < end, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        gone_within(pid, Duration::from_secs(2)),
+        "pid {pid} left behind"
+    );
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wsloop::cluster::redis::{Action, Event, Settings, Side};
-use wsloop::cluster::{LeaseEvent, LeaseOp, LeaseSettings, Leases, RedisLink};
+use wsloop::cluster::{LeaseEvent, LeaseSettings, Leases, RedisLink};
 use wsloop::connection::MessageKind;
 
 use common::have_tool;

@@ -74,6 +74,14 @@ impl Server {
             }
             return Ok(());
         }
+        if !self.config.room_exec.iter().any(|r| *r.room == **room) {
+            return Ok(());
+        }
+        self.start_room_program(room)
+    }
+
+    /// Starts `room`'s configured program (with `--redis`: once this node holds the lease).
+    pub(super) fn start_room_program(&mut self, room: &Rc<str>) -> Result<(), HandshakeError> {
         let Some(spec) = self.config.room_exec.iter().find(|r| *r.room == **room) else {
             return Ok(());
         };
@@ -189,6 +197,22 @@ impl Server {
         }
     }
 
+    /// Ends `room`'s program at once, SIGKILL without a grace period (with `--redis`: the lease
+    /// is lost, and another node may start the program as soon as it runs out in Redis).
+    pub(super) fn kill_room_program(&mut self, room: &str) {
+        let Some(slot) = self.room_programs.by_room.remove(room) else {
+            return;
+        };
+        let r = self.room_programs.running.remove(slot);
+        info!("room {room}: program pid {} killed", r.program.pid());
+        let mut ending = r.program.detach(self.now, Duration::ZERO);
+        if ending.tick(self.now) {
+            self.children -= 1;
+        } else {
+            self.endings.push(ending);
+        }
+    }
+
     /// A room program's pipe is ready.
     pub(super) fn on_room_program_pipe(&mut self, slot: usize, pipe: usize) {
         match pipe {
@@ -273,6 +297,8 @@ impl Server {
             let text = String::from_utf8_lossy(&lines[start..end]);
             start = end;
             let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
+            // With `--redis`, the line is also published to the room's channel (one publish,
+            // as for a member's message), for the members on other nodes.
             self.deliver_message(&name, None, &mut Broadcast::new(frame));
         }
         self.room_programs.lines = lines;
@@ -358,12 +384,11 @@ impl Server {
         }
     }
 
-    /// On the way out: room programs join the endings, which are killed at once.
+    /// On the way out: no room program outlives the server.
     pub(super) fn stop_room_programs(&mut self) {
-        self.room_programs.by_room.clear();
-        for r in self.room_programs.running.drain() {
-            self.endings
-                .push(r.program.detach(self.now, Duration::ZERO));
+        let rooms: Vec<Rc<str>> = self.room_programs.by_room.keys().cloned().collect();
+        for room in rooms {
+            self.kill_room_program(&room);
         }
     }
 }
