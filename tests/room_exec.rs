@@ -239,12 +239,12 @@ fn members_are_paused_while_the_program_does_not_take_its_input() {
             .log
             .lock()
             .unwrap()
-            .contains("for its room's, reading paused")
+            .contains("for its room's program, reading paused")
         {
             break;
         }
     }
-    assert!(server.wait_log("for its room's, reading paused"));
+    assert!(server.wait_log("for its room's program, reading paused"));
 }
 
 #[test]

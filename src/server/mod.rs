@@ -657,12 +657,19 @@ impl Server {
             if let Some(client) = self.clients.get_mut(key) {
                 let max = self.config.max_backlog;
                 if client.over(max) || room_backlog > max {
-                    debug!(
-                        "{}: {} bytes unsent, {} for its program, {room_backlog} for its room's, reading paused",
-                        client.peer,
-                        client.backlog(),
-                        client.program_backlog()
-                    );
+                    if room_backlog > max {
+                        debug!(
+                            "{}: {room_backlog} bytes for its room's program, reading paused",
+                            client.peer
+                        );
+                    } else {
+                        debug!(
+                            "{}: {} bytes unsent, {} for its program, reading paused",
+                            client.peer,
+                            client.backlog(),
+                            client.program_backlog()
+                        );
+                    }
                     client.paused = true;
                     break;
                 }
