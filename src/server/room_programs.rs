@@ -46,6 +46,10 @@ impl RoomPrograms {
 
     /// A member's message: one line on the room program's stdin, if the room has one.
     pub(super) fn send_line(&mut self, room: &str, line: &[u8]) {
+        if self.by_room.is_empty() {
+            // No room program at all (the common case): not even a hash per message.
+            return;
+        }
         let Some(&slot) = self.by_room.get(room) else {
             return;
         };
