@@ -26,13 +26,22 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 pub(super) enum Note {
     /// A room message from a member (or `/publish`, push, console) on another worker: its
     /// plain frame, already encoded; the receiver compresses it for its deflate members.
-    Room { room: Arc<str>, frame: SharedFrame },
+    Room {
+        room: Arc<str>,
+        frame: SharedFrame,
+    },
     /// Push or console: a frame for every WebSocket.
     Everyone(SharedFrame),
     /// The worker's first member of the room joined (its local count went 0 → 1).
-    Joined { room: Arc<str>, worker: usize },
+    Joined {
+        room: Arc<str>,
+        worker: usize,
+    },
     /// The worker's last member of the room left (1 → 0).
-    Left { room: Arc<str>, worker: usize },
+    Left {
+        room: Arc<str>,
+        worker: usize,
+    },
     /// SIGINT/SIGTERM, SIGHUP, SIGCHLD, as received by worker 0.
     Stop,
     Hangup,
@@ -364,11 +373,7 @@ impl Server {
         snap.gauges = gauges;
         snap.connections = self.clients.len();
         snap.websockets = self.websockets();
-        snap.replicas = seat
-            .remote
-            .values()
-            .map(|m| m.count_ones() as usize)
-            .sum();
+        snap.replicas = seat.remote.values().map(|m| m.count_ones() as usize).sum();
         let mut i = 0;
         for (name, n) in self.rooms.sizes() {
             match snap.rooms.get_mut(i) {
