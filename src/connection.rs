@@ -1153,7 +1153,7 @@ mod tests {
         assert_eq!(c.close_sent(), None);
         c.close(close_code::POLICY, "slow consumer", Instant::now());
         assert_eq!(c.close_sent(), Some(close_code::POLICY));
-        let shared: SharedFrame = std::sync::Arc::from(&b"\x82\x01x"[..]);
+        let shared: SharedFrame = std::rc::Rc::from(&b"\x82\x01x"[..]);
         assert!(!c.send_shared(&shared), "no data after our close");
 
         let mut c = Connection::new(Role::Server, 1 << 20);

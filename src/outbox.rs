@@ -3,10 +3,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// A frame encoded once and sent to many connections (a broadcast).
-pub type SharedFrame = Arc<[u8]>;
+pub type SharedFrame = Rc<[u8]>;
 
 #[derive(Debug)]
 enum Segment {
@@ -258,7 +258,7 @@ mod tests {
     fn keeps_order_across_own_and_shared_with_partial_writes() {
         for step in 1..12 {
             let mut o = Outbox::new();
-            let shared: SharedFrame = Arc::from(&b"SHARED"[..]);
+            let shared: SharedFrame = Rc::from(&b"SHARED"[..]);
             o.push(b"one,");
             o.push_shared(shared.clone());
             o.push(b",two,");
@@ -295,7 +295,7 @@ mod tests {
         };
         assert!(!o.flush_to(&mut w).unwrap());
         o.push(b"gh");
-        o.push_shared(Arc::from(&b"XY"[..]));
+        o.push_shared(Rc::from(&b"XY"[..]));
         while !o.flush_to(&mut w).unwrap() {}
         assert_eq!(w.got, b"abcdefghXY");
     }

@@ -90,7 +90,7 @@ fn compress_frame(
     head[0] |= 0x40;
     let start = MAX_HEADER_LEN - n;
     scratch[start..MAX_HEADER_LEN].copy_from_slice(&head[..n]);
-    Some(Arc::from(&scratch[start..]))
+    Some(Rc::from(&scratch[start..]))
 }
 
 impl Server {

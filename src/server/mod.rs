@@ -222,7 +222,7 @@ pub enum Route {
     /// `/` and `/echo`: every message comes back.
     Echo,
     /// `/room/NAME`: every message goes to the other members.
-    Room(Arc<str>),
+    Room(Rc<str>),
     /// The `--exec` route: messages go to the connection's program and back.
     Exec,
 }
@@ -1098,7 +1098,7 @@ fn slow_consumer(
 fn shared_frame(scratch: &mut Vec<u8>, kind: MessageKind, payload: &[u8]) -> SharedFrame {
     scratch.clear();
     encode_frame(scratch, true, kind.opcode(), None, payload);
-    Arc::from(&scratch[..])
+    Rc::from(&scratch[..])
 }
 
 fn log_event(peer: SocketAddr, e: &Event<'_>) {

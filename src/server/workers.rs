@@ -4,7 +4,8 @@
 //!
 //! Rooms span workers: each worker keeps a replica of which *other* workers have members of
 //! a room (learned from `Joined`/`Left` notes), and hands a room message, encoded once, only
-//! to those. Worker 0 owns the signal pipe, the push timer and the console, and forwards what
+//! to those. Within a worker a frame stays an `Rc` (no atomic per receiver, so one worker is
+//! exactly the one-thread server); only the note that crosses carries an `Arc` copy of it. Worker 0 owns the signal pipe, the push timer and the console, and forwards what
 //! they produce. With one worker there is no hub at all: the loop is exactly the one-thread one.
 
 use std::collections::VecDeque;
@@ -22,16 +23,19 @@ pub(super) const WAKER: Token = Token(usize::MAX - 4);
 /// answered by another worker (an idle one publishes once after its last turn).
 const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
+/// An encoded frame crossing threads: one copy per message, shared by every worker it goes to.
+pub(super) type Frame = Arc<[u8]>;
+
 /// What one worker hands another.
 pub(super) enum Note {
     /// A room message from a member (or `/publish`, push, console) on another worker: its
     /// plain frame, already encoded; the receiver compresses it for its deflate members.
     Room {
         room: Arc<str>,
-        frame: SharedFrame,
+        frame: Frame,
     },
     /// Push or console: a frame for every WebSocket.
-    Everyone(SharedFrame),
+    Everyone(Frame),
     /// The worker's first member of the room joined (its local count went 0 → 1).
     Joined {
         room: Arc<str>,
@@ -208,9 +212,9 @@ impl Server {
 
     /// Hook: the first local member of `room` joined. Other workers start sending us its
     /// messages.
-    pub(super) fn room_opened(&mut self, room: &Arc<str>) {
+    pub(super) fn room_opened(&mut self, room: &str) {
         if let Some(seat) = &self.seat {
-            let me = seat.me;
+            let (me, room): (usize, Arc<str>) = (seat.me, room.into());
             seat.broadcast(|| Note::Joined {
                 room: room.clone(),
                 worker: me,
@@ -219,9 +223,9 @@ impl Server {
     }
 
     /// Hook: the last local member of `room` left.
-    pub(super) fn room_closed(&mut self, room: &Arc<str>) {
+    pub(super) fn room_closed(&mut self, room: &str) {
         if let Some(seat) = &self.seat {
-            let me = seat.me;
+            let (me, room): (usize, Arc<str>) = (seat.me, room.into());
             seat.broadcast(|| Note::Left {
                 room: room.clone(),
                 worker: me,
@@ -239,6 +243,7 @@ impl Server {
         let Some((name, &mask)) = seat.remote.get_key_value(room) else {
             return 0;
         };
+        let frame: Frame = Arc::from(&frame[..]);
         let mut handed = 0;
         let mut bits = mask;
         while bits != 0 {
@@ -258,6 +263,7 @@ impl Server {
     /// Push or console to everyone: the other workers' clients too.
     pub(super) fn everyone_delivered(&mut self, frame: &SharedFrame) {
         if let Some(seat) = &self.seat {
+            let frame: Frame = Arc::from(&frame[..]);
             seat.broadcast(|| Note::Everyone(frame.clone()));
         }
     }
@@ -300,11 +306,12 @@ impl Server {
         seat.hub.take(seat.me, &mut notes);
         while let Some(note) = notes.pop_front() {
             match note {
+                // The worker's own copy, so that its receivers share it without atomics.
                 Note::Room { room, frame } => {
-                    self.deliver(&room, None, &frame);
+                    self.deliver(&room, None, &Rc::from(&frame[..]));
                 }
                 Note::Everyone(frame) => {
-                    self.deliver_to_all(&frame);
+                    self.deliver_to_all(&Rc::from(&frame[..]));
                 }
                 Note::Joined { room, worker } => {
                     if let Some(seat) = self.seat.as_mut() {
@@ -522,7 +529,7 @@ pub fn supervise(n: usize, reports: mpsc::Receiver<(usize, WorkerEnd)>) -> io::R
 mod tests {
     use super::*;
 
-    fn frame(b: &[u8]) -> SharedFrame {
+    fn frame(b: &[u8]) -> Frame {
         Arc::from(b)
     }
 
