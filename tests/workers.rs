@@ -146,9 +146,10 @@ fn a_thousand_members_over_four_workers_get_every_message_once_in_order() {
 fn a_full_inbox_drops_and_counts_while_every_client_carries_on() {
     let server = TestServer::start(&["--workers", "2", "--worker-inbox", "2"]);
     let mut members = members_on_every_worker(&server, "/room/burst", 2);
-    stats_until(&server, Duration::from_secs(5), |s| {
+    let s = stats_until(&server, Duration::from_secs(5), |s| {
         per_worker(s, "room_replicas") == [1, 1]
     });
+    assert_eq!(per_worker(&s, "room_replicas"), [1, 1], "{s}");
     // One write of many messages: the sender's worker reads them in a turn or two and hands
     // them to the other faster than a wake-up takes; the inbox holds 2.
     const BURST: usize = 3000;
@@ -314,4 +315,71 @@ fn more_than_one_worker_on_a_unix_socket_is_refused_clearly() {
         err.contains("--workers above 1 needs a TCP --bind"),
         "{err}"
     );
+}
+
+#[test]
+fn publish_reaches_members_on_every_worker_and_metrics_show_each_worker() {
+    let server = TestServer::start(&["--workers", "3"]);
+    let mut members = members_on_every_worker(&server, "/room/news", 3);
+    let s = stats_until(&server, Duration::from_secs(5), |s| {
+        per_worker(s, "room_replicas").iter().all(|&r| r == 2)
+    });
+    assert_eq!(per_worker(&s, "room_replicas"), [2, 2, 2], "{s}");
+    for n in 0..5 {
+        let body = format!("bulletin {n}");
+        let (status, _, answer) = exchange(
+            &server,
+            &format!(
+                "POST /publish/news HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+    for m in &mut members {
+        for n in 0..5 {
+            assert_eq!(read_text(m), format!("bulletin {n}"));
+        }
+    }
+    // Whichever worker answers reads the others' figures as they last published them (at
+    // most 50 ms old when idle): poll until every worker's own series shows the room replica.
+    let fetch = || {
+        let (status, _, metrics) = exchange(
+            &server,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+        metrics
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut metrics = fetch();
+    while !(0..3).all(|i| {
+        metrics.contains(&format!(
+            "wsloop_worker_room_replicas{{worker=\"{i}\"}} 2\n"
+        ))
+    }) && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = fetch();
+    }
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    // The total is the sum of the workers' series; each worker has members.
+    let per: Vec<u64> = (0..3)
+        .map(|i| value(&format!("wsloop_worker_room_replicas{{worker=\"{i}\"}}")))
+        .collect();
+    assert_eq!(per, [2, 2, 2], "{metrics}");
+    let out: u64 = (0..3)
+        .map(|i| {
+            value(&format!(
+                "wsloop_worker_messages_out_total{{worker=\"{i}\"}}"
+            ))
+        })
+        .sum();
+    assert!(value("wsloop_messages_out_total") >= out, "{metrics}");
+    assert_eq!(value("wsloop_worker_inbox_dropped_total{worker=\"0\"}"), 0);
 }
