@@ -315,6 +315,12 @@ mod tests {
         };
         let mut out = String::new();
         prometheus(&g, &s, &mut out);
+        // `--workers`: the per-worker families follow the same format.
+        let workers = [
+            (crate::server::workers::Snapshot::default(), 0),
+            (crate::server::workers::Snapshot::default(), 3),
+        ];
+        prometheus_workers(&workers, &mut out);
         assert!(out.ends_with('\n'));
         let mut described = Vec::new();
         let mut typed = Vec::new();
@@ -360,6 +366,8 @@ mod tests {
         assert!(has("wsloop_slow_consumers_total{action=\"close\"} 1"));
         assert!(has("wsloop_slow_consumers_total{action=\"drop\"} 0"));
         assert!(has("wsloop_uptime_seconds 7"));
+        assert!(has("wsloop_worker_inbox_dropped_total{worker=\"1\"} 3"));
+        assert!(has("wsloop_worker_connections{worker=\"0\"} 0"));
         // Every family once.
         let mut unique = typed.clone();
         unique.dedup();
