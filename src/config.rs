@@ -276,6 +276,16 @@ pub struct Config {
     /// connection within it) means a dead link: reconnect, 100ms doubling to 2s, jittered.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub redis_ping_interval: Duration,
+
+    /// Event loops (threads), each with its own listener on the port (`SO_REUSEPORT`: the
+    /// kernel spreads new connections); `auto` is one per available core. Rooms span them.
+    #[arg(long, default_value = "1", value_parser = parse_workers, value_name = "N|auto")]
+    pub workers: usize,
+
+    /// With `--workers` above 1: most notes (room messages from other workers) waiting for a
+    /// worker; past it, messages for that worker are dropped and counted, as for a slow consumer.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub worker_inbox: usize,
 }
 
 /// clap turns a literal `{n}` in help text into a line break; styling the `n` keeps it shown
@@ -380,6 +390,17 @@ impl Config {
         if self.redis_buffer == 0 {
             return invalid("--redis-buffer must be above zero".into());
         }
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return invalid(format!("--workers must be 1 to {MAX_WORKERS}"));
+        }
+        if self.worker_inbox == 0 {
+            return invalid("--worker-inbox must be at least 1".into());
+        }
+        if self.workers > 1 && matches!(self.bind, BindAddr::Unix(_)) {
+            // Only TCP ports can be shared with SO_REUSEPORT; one Unix socket file has one
+            // accept queue, and a proxy in front of it gains little from more loops.
+            return invalid("--workers above 1 needs a TCP --bind, not unix:PATH".into());
+        }
         Ok(())
     }
 }
@@ -431,6 +452,19 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Most `--workers`: the room replica keeps the other workers of a room in a 64-bit mask.
+pub const MAX_WORKERS: usize = 64;
+
+/// `--workers N` or `auto` (the cores this process may run on).
+pub fn parse_workers(s: &str) -> Result<usize, String> {
+    if s.trim() == "auto" {
+        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)));
+    }
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: not a number of workers (try 2, 4, auto)"))
 }
 
 /// Reads sizes such as `512KiB`, `4MiB`, `1GiB`, `64k` or plain bytes.

@@ -174,6 +174,23 @@ impl Output {
         true
     }
 
+    /// Queues lines another thread formatted (`--workers`); false if dropped, queue full.
+    pub fn append(&mut self, lines: &[u8]) -> bool {
+        if self.len() + lines.len() > self.limit {
+            return false;
+        }
+        self.buf.extend_from_slice(lines);
+        true
+    }
+
+    /// Takes the queued lines out (to hand them to the thread that writes stdout).
+    pub fn take_bytes(&mut self) -> Vec<u8> {
+        let mut lines = std::mem::take(&mut self.buf);
+        lines.drain(..self.sent);
+        self.sent = 0;
+        lines
+    }
+
     /// Bytes queued and not yet written.
     pub fn len(&self) -> usize {
         self.buf.len() - self.sent

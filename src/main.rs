@@ -53,6 +53,10 @@ fn main() {
         return;
     }
     let run = || -> std::io::Result<()> {
+        if cli.config_.workers > 1 {
+            // N loops on one port; a worker that fails or panics ends the process (exit 1).
+            return wsloop::server::workers::run(cli.config_);
+        }
         let mut server = wsloop::Server::bind(cli.config_)?;
         server.stop_on_signals()?;
         server.run()

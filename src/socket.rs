@@ -272,6 +272,26 @@ pub fn bind(addr: &BindAddr, port: u16, mode: u32) -> io::Result<(Listener, Opti
     }
 }
 
+/// A TCP listener on `addr` with `SO_REUSEPORT`, so that each `--workers` loop has its own
+/// socket on the same port and the kernel spreads new connections over their accept queues.
+pub fn bind_reuse_port(addr: SocketAddr) -> io::Result<Listener> {
+    use socket2::{Domain, Socket, Type};
+    let bind = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        socket.bind(&addr.into())?;
+        // The backlog mio's own `TcpListener::bind` asks for.
+        socket.listen(1024)?;
+        Ok(TcpListener::from_std(socket.into()))
+    };
+    bind()
+        .map(Listener::Tcp)
+        .map_err(|e| io_context(format_args!("cannot listen on {addr} (SO_REUSEPORT)"), e))
+}
+
 fn bind_unix(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
     let listener = match UnixListener::bind(path) {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {

@@ -470,3 +470,39 @@ fn wsloop_client_speaks_wss() {
     let (code, out, err) = run_client(&[&url, "--insecure"], b"hi\n");
     assert_eq!((code, out.as_str()), (Some(0), "hi\n"), "{err}");
 }
+
+#[test]
+fn sighup_reloads_certificates_on_every_worker() {
+    let first = Pki::new("workers1");
+    let second = Pki::new("workers2");
+    let (crt, key) = first.leaf("server", false);
+    let server = start(&[(crt.clone(), key.clone())], &["--workers", "3"]);
+    assert!(tls_connect(&server, first.client_config()).is_ok());
+    let (new_crt, new_key) = second.leaf("server", false);
+    std::fs::copy(&new_crt, &crt).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    // SAFETY: a signal to the process this test started, by its PID.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    // Worker 0 takes the signal and passes it on: each worker reloads its own copy.
+    let reloads = || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .matches("SIGHUP: TLS certificates reloaded")
+            .count()
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while reloads() < 3 && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(reloads(), 3, "{}", server.log.lock().unwrap());
+    // New connections, spread over the workers by the kernel, all see the new certificate.
+    for _ in 0..12 {
+        let s = tls_connect(&server, second.client_config()).unwrap();
+        assert_eq!(peer_cert(&s), pem_leaf(&new_crt));
+    }
+}

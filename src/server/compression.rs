@@ -25,6 +25,11 @@ impl Broadcast {
         }
     }
 
+    /// The uncompressed frame, as other workers get it.
+    pub(super) fn plain(&self) -> &SharedFrame {
+        &self.plain
+    }
+
     /// The frame for `conn`, and the window it was compressed with (`None`: plain). A
     /// receiver whose window is smaller than ours gets a frame made with its own window.
     pub(super) fn frame_for(

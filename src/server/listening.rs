@@ -22,6 +22,17 @@ impl Server {
     /// `listening on ws://127.0.0.1:9001`, `listening on unix:/run/wsloop.sock`: the line
     /// tests and scripts wait for.
     pub(super) fn log_listening(&self) {
+        if let Some(seat) = &self.seat {
+            if seat.me != 0 {
+                return debug!("worker {}: listening on {}", seat.me, self.local_addr);
+            }
+            let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+            return info!(
+                "listening on {scheme}://{} ({} workers)",
+                self.local_addr,
+                seat.hub.workers()
+            );
+        }
         let tls = self.tls.is_some();
         match self.listener.path() {
             Some(path) if tls => info!("listening on unix:{} (TLS)", path.display()),

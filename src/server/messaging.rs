@@ -100,6 +100,7 @@ impl Server {
             if let Some(Route::Room(name)) = self.route_of(key) {
                 for message in &mut frames {
                     self.deliver_message(&name, Some(key), message);
+                    self.room_delivered(&name, message.plain());
                 }
             }
             frames.clear();
@@ -164,7 +165,7 @@ impl Server {
     }
 
     /// Queues a shared frame for every open WebSocket; returns how many.
-    fn deliver_to_all(&mut self, frame: &SharedFrame) -> usize {
+    pub(super) fn deliver_to_all(&mut self, frame: &SharedFrame) -> usize {
         let Server {
             clients,
             to_flush,
@@ -209,8 +210,15 @@ impl Server {
             .replace("{time}", &utc_time_of_day());
         let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
         let n = match self.config.push_room.clone() {
-            Some(room) => self.deliver(&room, None, &frame),
-            None => self.deliver_to_all(&frame),
+            Some(room) => {
+                let n = self.deliver(&room, None, &frame);
+                self.room_delivered(&room, &frame);
+                n
+            }
+            None => {
+                self.everyone_delivered(&frame);
+                self.deliver_to_all(&frame)
+            }
         };
         debug!("push {}: {n} clients", self.pushes);
         // The next push keeps to the period; if the loop fell behind, it skips rather than bursts.
@@ -244,8 +252,15 @@ impl Server {
         let (target, text) = console::parse_line(line);
         let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
         let n = match target {
-            Target::Room(room) => self.deliver(room, None, &frame),
-            Target::Everyone => self.deliver_to_all(&frame),
+            Target::Room(room) => {
+                let n = self.deliver(room, None, &frame);
+                self.room_delivered(room, &frame);
+                n
+            }
+            Target::Everyone => {
+                self.everyone_delivered(&frame);
+                self.deliver_to_all(&frame)
+            }
         };
         debug!("console: line sent to {n} clients");
     }
@@ -253,6 +268,9 @@ impl Server {
     /// Writes what stdout takes of the console's output; the rest waits for its next
     /// writable event.
     pub(super) fn flush_console(&mut self) {
+        if !self.is_first() {
+            return self.forward_console_output();
+        }
         let Some(out) = self.console_out.as_mut() else {
             return;
         };

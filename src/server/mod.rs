@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use std::mem;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
@@ -44,6 +45,7 @@ mod room_programs;
 mod signals;
 mod stats;
 mod tls_port;
+pub mod workers;
 
 use compression::Broadcast;
 use protection::Protection;
@@ -297,6 +299,8 @@ pub struct Server {
     protection: Protection,
     /// `--tls-cert`: the certificates, the handshake budget, reloading.
     tls: Option<TlsPort>,
+    /// `--workers` above 1: this worker's number, inbox and room replica; `None` with one.
+    seat: Option<Box<workers::Seat>>,
 }
 
 impl Server {
@@ -304,8 +308,14 @@ impl Server {
     /// [`Server::local_addr`].
     pub fn bind(config: Config) -> io::Result<Server> {
         config.validate()?;
+        let listener = Self::listener(&config)?;
+        Self::build(config, listener)
+    }
+
+    /// The loop around a listener already bound.
+    fn build(config: Config, listener: (Listener, Option<SocketFile>)) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let (mut listener, socket_file) = Self::listener(&config)?;
+        let (mut listener, socket_file) = listener;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
@@ -371,6 +381,7 @@ impl Server {
             room_programs: RoomPrograms::default(),
             protection,
             tls,
+            seat: None,
         })
     }
 
@@ -382,9 +393,17 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         if self.config.console {
-            self.start_console();
+            if self.is_first() {
+                self.start_console();
+            } else {
+                // Other workers' client lines go to worker 0, which writes stdout.
+                self.console_out = Some(console::Output::new(self.config.console_buffer));
+            }
         }
         self.log_listening();
+        // Notes sent before this worker's waker existed.
+        self.on_notes();
+        self.publish_figures();
         loop {
             // Work queued during the last turn (reads cut short, output queued while flushing)
             // must not wait for an event that may never come.
@@ -406,6 +425,7 @@ impl Server {
                     LISTENER => self.accept(),
                     SIGNALS => self.on_signal(),
                     CONSOLE => self.on_console(),
+                    workers::WAKER => self.on_notes(),
                     CONSOLE_OUT => {
                         if let Some(out) = self.console_out.as_mut() {
                             out.blocked = false;
@@ -463,6 +483,9 @@ impl Server {
             if self.room_programs_deadline().is_some_and(|at| now >= at) {
                 self.room_programs_due(now);
             }
+            if self.seat.is_some() {
+                self.maybe_publish(now);
+            }
             if self.draining.is_some_and(|at| now >= at) {
                 self.shut_down();
             }
@@ -509,6 +532,9 @@ impl Server {
             next = next.min(at);
         }
         if let Some(at) = self.tls.as_ref().and_then(|t| t.next_check) {
+            next = next.min(at);
+        }
+        if let Some(at) = self.publish_due() {
             next = next.min(at);
         }
         next
@@ -989,6 +1015,9 @@ impl Server {
         }
         if let Route::Room(name) = route {
             let left = self.rooms.leave(&name, key);
+            if left == 0 {
+                self.room_closed(&name);
+            }
             if self.config.room_events && left > 0 {
                 self.room_event("leave", &name, left);
             }

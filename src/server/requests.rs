@@ -296,6 +296,8 @@ impl Server {
         };
         let frame = shared_frame(&mut self.scratch, kind, body);
         let delivered = self.deliver(name, None, &frame);
+        // Members on other workers get it too; `delivered` counts this worker's.
+        self.room_delivered(name, &frame);
         json_response(200, format!("{{\"delivered\":{delivered}}}"))
     }
 
@@ -320,7 +322,14 @@ impl Server {
     /// `GET /metrics`: the counters and gauges for Prometheus.
     fn metrics_response(&self) -> Response {
         let mut body = String::new();
-        stats::prometheus(&self.gauges(), &self.stats, &mut body);
+        match self.all_workers() {
+            None => stats::prometheus(&self.gauges(), &self.stats, &mut body),
+            Some(all) => {
+                let (g, s) = sums(&all);
+                stats::prometheus(&g, &s, &mut body);
+                stats::prometheus_workers(&all, &mut body);
+            }
+        }
         Response {
             status: 200,
             headers: vec![
@@ -331,38 +340,59 @@ impl Server {
         }
     }
 
+    /// `GET /stats`. With `--workers`, the keys are the sums over the workers (rooms merged
+    /// by name) and `"workers"` lists each one's figures.
     pub(super) fn stats_json(&self) -> String {
-        let websockets = self
-            .clients
-            .iter()
-            .filter(|(_, c)| matches!(c.phase, Phase::WebSocket(_)))
-            .count();
-        let mut rooms = String::new();
-        for (i, (name, n)) in self.rooms.sizes().enumerate() {
+        let all = self.all_workers();
+        let (g, s, connections, websockets, rooms) = match &all {
+            None => (
+                self.gauges(),
+                Cow::Borrowed(&self.stats),
+                self.clients.len(),
+                self.websockets(),
+                self.rooms.sizes().collect::<Vec<_>>(),
+            ),
+            Some(all) => {
+                let (mut g, s) = sums(all);
+                let mut rooms: std::collections::BTreeMap<&str, usize> = Default::default();
+                for (snap, _) in all {
+                    for (name, n) in &snap.rooms {
+                        *rooms.entry(name.as_str()).or_default() += n;
+                    }
+                }
+                g.rooms = rooms.len();
+                (
+                    g,
+                    Cow::Owned(s),
+                    all.iter().map(|(w, _)| w.connections).sum(),
+                    all.iter().map(|(w, _)| w.websockets).sum(),
+                    rooms.into_iter().collect(),
+                )
+            }
+        };
+        let mut room_list = String::new();
+        for (i, (name, n)) in rooms.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
-            let _ = write!(rooms, "{sep}\"{name}\":{n}");
+            let _ = write!(room_list, "{sep}\"{name}\":{n}");
         }
-        let s = &self.stats;
-        let g = self.gauges();
         let mut top = String::new();
-        for (i, (name, n)) in self.top_rooms(TOP_ROOMS).into_iter().enumerate() {
+        for (i, (name, n)) in top_rooms(rooms, TOP_ROOMS).into_iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
             let _ = write!(top, "{sep}[\"{name}\",{n}]");
         }
         let refused_total: u64 = s.refused.iter().map(|(_, n)| n).sum();
-        format!(
+        let mut json = format!(
             "{{\"http\":{},\"closing\":{},\"room_count\":{},\"top_rooms\":[{top}],\"refused_total\":{refused_total},\
-             \"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{},\
-             \"slow_closed\":{},\"dropped\":{},\"ping_timeouts\":{},\"send_timeouts\":{},\"accept_errors\":{},\"console_dropped\":{},\"refused\":{},\"closes\":{}}}",
+             \"connections\":{connections},\"websockets\":{websockets},\"rooms\":{{{room_list}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{},\
+             \"slow_closed\":{},\"dropped\":{},\"ping_timeouts\":{},\"send_timeouts\":{},\"accept_errors\":{},\"console_dropped\":{},\"refused\":{},\"closes\":{}",
             g.http,
             g.closing,
             g.rooms,
-            self.clients.len(),
             s.messages_in,
             s.bytes_in,
             s.messages_out,
             s.bytes_out,
-            self.children,
+            g.children,
             self.started.elapsed().as_secs(),
             s.slow_closed,
             s.slow_dropped,
@@ -372,20 +402,41 @@ impl Server {
             s.console_dropped,
             stats::json_counts(&s.refused),
             stats::json_counts(&s.closes),
-        )
+        );
+        if let Some(all) = &all {
+            let dropped: u64 = all.iter().map(|(_, d)| d).sum();
+            let _ = write!(json, ",\"inbox_dropped\":{dropped},\"workers\":[");
+            for (i, (w, dropped)) in all.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(
+                    json,
+                    "{sep}{{\"worker\":{i},\"connections\":{},\"websockets\":{},\"http\":{},\"closing\":{},\"rooms\":{},\"room_replicas\":{},\
+                     \"messages_in\":{},\"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"dropped\":{},\"inbox_dropped\":{dropped}}}",
+                    w.connections,
+                    w.websockets,
+                    w.gauges.http,
+                    w.gauges.closing,
+                    w.gauges.rooms,
+                    w.replicas,
+                    w.stats.messages_in,
+                    w.stats.messages_out,
+                    w.stats.bytes_in,
+                    w.stats.bytes_out,
+                    w.stats.slow_dropped,
+                );
+            }
+            json.push(']');
+        }
+        json.push('}');
+        json
     }
 
-    /// The `n` largest rooms, largest first (ties by name): what a dashboard can show of
-    /// thousands of rooms.
-    fn top_rooms(&self, n: usize) -> Vec<(&str, usize)> {
-        let mut all: Vec<(&str, usize)> = self.rooms.sizes().collect();
-        let by_size = |a: &(&str, usize), b: &(&str, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
-        if all.len() > n {
-            all.select_nth_unstable_by(n, by_size);
-            all.truncate(n);
-        }
-        all.sort_unstable_by(by_size);
-        all
+    /// WebSockets, open or closing.
+    pub(super) fn websockets(&self) -> usize {
+        self.clients
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::WebSocket(_)))
+            .count()
     }
 
     pub(super) fn respond(
@@ -533,6 +584,9 @@ impl Server {
         self.queue_flush(key);
         if let Route::Room(name) = &route {
             let n = self.rooms.join(name, key);
+            if n == 1 {
+                self.room_opened(name);
+            }
             if self.config.room_events {
                 self.room_event("join", name, n);
             }
@@ -543,6 +597,29 @@ impl Server {
 
 /// Rooms listed in `/stats` `top_rooms`.
 const TOP_ROOMS: usize = 10;
+
+/// The `n` largest rooms, largest first (ties by name): what a dashboard can show of
+/// thousands of rooms.
+fn top_rooms(mut all: Vec<(&str, usize)>, n: usize) -> Vec<(&str, usize)> {
+    let by_size = |a: &(&str, usize), b: &(&str, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+    if all.len() > n {
+        all.select_nth_unstable_by(n, by_size);
+        all.truncate(n);
+    }
+    all.sort_unstable_by(by_size);
+    all
+}
+
+/// The workers' gauges and counters added up.
+fn sums(all: &[(workers::Snapshot, u64)]) -> (stats::Gauges, stats::Stats) {
+    let mut g = stats::Gauges::default();
+    let mut s = stats::Stats::default();
+    for (w, _) in all {
+        g.add(&w.gauges);
+        s.add(&w.stats);
+    }
+    (g, s)
+}
 
 fn json_response(status: u16, body: String) -> Response {
     Response {

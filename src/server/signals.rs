@@ -34,6 +34,7 @@ impl Server {
                 }
             }
         }
+        self.forward_signals(stop, hangup, child);
         if child {
             self.reap();
         }

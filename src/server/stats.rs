@@ -2,7 +2,7 @@
 
 /// A count per small key (an HTTP status, a close code): few distinct keys, so a short list
 /// beats a map and keeps a stable order.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Counts(Vec<(u16, u64)>);
 
 impl Counts {
@@ -20,6 +20,19 @@ impl Counts {
         self.0.iter().copied()
     }
 
+    /// Adds another worker's counts to these.
+    pub(super) fn add_all(&mut self, other: &Counts) {
+        for (key, n) in other.iter() {
+            match self.0.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, m)) => *m += n,
+                None => {
+                    self.0.push((key, n));
+                    self.0.sort_unstable();
+                }
+            }
+        }
+    }
+
     #[allow(dead_code)] // for the tests, and counters others may read
     pub(super) fn get(&self, key: u16) -> u64 {
         self.0
@@ -30,7 +43,7 @@ impl Counts {
 }
 
 /// What the server has done since it started.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Stats {
     pub(super) messages_in: u64,
     pub(super) bytes_in: u64,
@@ -54,8 +67,26 @@ pub(super) struct Stats {
     pub(super) console_dropped: u64,
 }
 
+impl Stats {
+    /// Adds another worker's counters to these (`--workers`: `/stats` shows the sums).
+    pub(super) fn add(&mut self, o: &Stats) {
+        self.messages_in += o.messages_in;
+        self.bytes_in += o.bytes_in;
+        self.messages_out += o.messages_out;
+        self.bytes_out += o.bytes_out;
+        self.refused.add_all(&o.refused);
+        self.closes.add_all(&o.closes);
+        self.slow_closed += o.slow_closed;
+        self.slow_dropped += o.slow_dropped;
+        self.ping_timeouts += o.ping_timeouts;
+        self.send_timeouts += o.send_timeouts;
+        self.accept_errors += o.accept_errors;
+        self.console_dropped += o.console_dropped;
+    }
+}
+
 /// What is there right now (as opposed to [`Stats`], what has happened).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Gauges {
     /// Connections still speaking HTTP (before an upgrade, or plain requests).
     pub(super) http: usize,
@@ -67,6 +98,17 @@ pub(super) struct Gauges {
     /// `--exec` programs running (attached, or ending).
     pub(super) children: usize,
     pub(super) uptime_s: u64,
+}
+
+impl Gauges {
+    /// Adds another worker's gauges (the uptime is the process's, the same for all).
+    pub(super) fn add(&mut self, o: &Gauges) {
+        self.http += o.http;
+        self.websocket += o.websocket;
+        self.closing += o.closing;
+        self.rooms += o.rooms;
+        self.children += o.children;
+    }
 }
 
 /// The Prometheus text exposition format, version 0.0.4.
@@ -188,6 +230,52 @@ pub(super) fn prometheus(g: &Gauges, s: &Stats, out: &mut String) {
     );
 }
 
+/// `--workers`: each worker's figures as their own families with a `worker` label (kept
+/// apart from the totals above, so that summing a family never counts anything twice).
+pub(super) fn prometheus_workers(all: &[(super::workers::Snapshot, u64)], out: &mut String) {
+    use std::fmt::Write as _;
+    type Field = fn(&super::workers::Snapshot, u64) -> u64;
+    let families: [(&str, &str, &str, Field); 5] = [
+        (
+            "wsloop_worker_connections",
+            "gauge",
+            "Connections open on each worker.",
+            |w, _| w.connections as u64,
+        ),
+        (
+            "wsloop_worker_messages_in_total",
+            "counter",
+            "WebSocket messages received by each worker.",
+            |w, _| w.stats.messages_in,
+        ),
+        (
+            "wsloop_worker_messages_out_total",
+            "counter",
+            "WebSocket messages queued to send by each worker.",
+            |w, _| w.stats.messages_out,
+        ),
+        (
+            "wsloop_worker_room_replicas",
+            "gauge",
+            "Rooms with members on another worker, counted per other worker.",
+            |w, _| w.replicas as u64,
+        ),
+        (
+            "wsloop_worker_inbox_dropped_total",
+            "counter",
+            "Room messages from other workers dropped: the worker's inbox was full.",
+            |_, dropped| dropped,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (i, (w, dropped)) in all.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", field(w, *dropped));
+        }
+    }
+}
+
 fn series(v: &[(String, u64)]) -> Vec<(&str, u64)> {
     v.iter().map(|(l, n)| (l.as_str(), *n)).collect()
 }
@@ -227,6 +315,12 @@ mod tests {
         };
         let mut out = String::new();
         prometheus(&g, &s, &mut out);
+        // `--workers`: the per-worker families follow the same format.
+        let workers = [
+            (crate::server::workers::Snapshot::default(), 0),
+            (crate::server::workers::Snapshot::default(), 3),
+        ];
+        prometheus_workers(&workers, &mut out);
         assert!(out.ends_with('\n'));
         let mut described = Vec::new();
         let mut typed = Vec::new();
@@ -272,6 +366,8 @@ mod tests {
         assert!(has("wsloop_slow_consumers_total{action=\"close\"} 1"));
         assert!(has("wsloop_slow_consumers_total{action=\"drop\"} 0"));
         assert!(has("wsloop_uptime_seconds 7"));
+        assert!(has("wsloop_worker_inbox_dropped_total{worker=\"1\"} 3"));
+        assert!(has("wsloop_worker_connections{worker=\"0\"} 0"));
         // Every family once.
         let mut unique = typed.clone();
         unique.dedup();
