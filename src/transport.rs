@@ -46,15 +46,45 @@ enum Layer {
 /// A rustls connection and the ciphertext it has not taken yet.
 struct TlsState<C> {
     conn: C,
-    pending: Vec<u8>,
+    pending: Pending,
 }
 
 impl<C> TlsState<C> {
     fn new(conn: C) -> Box<Self> {
         Box::new(TlsState {
             conn,
-            pending: Vec::new(),
+            pending: Pending::default(),
         })
+    }
+}
+
+/// Ciphertext read but not yet taken by rustls, consumed from the front by moving an offset:
+/// rustls takes a few KiB per call, and draining the `Vec` each time would move the rest of
+/// up to 64 KiB again and again.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.at == self.buf.len()
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at += n;
+        if self.is_empty() {
+            self.at = 0;
+            self.buf.clear();
+            if self.buf.capacity() > PENDING_KEEP {
+                self.buf = Vec::new();
+            }
+        }
     }
 }
 
@@ -199,7 +229,7 @@ impl Transport {
     pub fn shrink(&mut self) {
         if let Layer::Tls(tls) = &mut self.layer {
             if tls.pending.is_empty() {
-                tls.pending = Vec::new();
+                tls.pending = Pending::default();
             }
         }
     }
@@ -353,7 +383,7 @@ impl PlainSink for SpareSink<'_> {
 
 fn tls_read<D, S: Read + Write>(
     tls: &mut ConnectionCommon<D>,
-    pending: &mut Vec<u8>,
+    pending: &mut Pending,
     socket: &mut S,
     sink: &mut impl PlainSink,
     scratch: &mut [u8],
@@ -369,11 +399,8 @@ fn tls_read<D, S: Read + Write>(
             return Ok(sink.filled());
         }
         if !pending.is_empty() {
-            let taken = feed(tls, socket, pending)?;
-            pending.drain(..taken);
-            if pending.is_empty() && pending.capacity() > PENDING_KEEP {
-                *pending = Vec::new();
-            }
+            let taken = feed(tls, socket, pending.rest())?;
+            pending.consume(taken);
             continue;
         }
         if drained {
@@ -407,7 +434,8 @@ fn tls_read<D, S: Read + Write>(
             }
             if sink.room() == 0 {
                 // rustls holds at most 16 KiB of plaintext: the rest waits as ciphertext.
-                pending.extend_from_slice(&scratch[at..n]);
+                // (Only an empty `pending` leads to a socket read.)
+                pending.buf.extend_from_slice(&scratch[at..n]);
                 break;
             }
         }
