@@ -608,10 +608,8 @@ mod tests {
         // One directory per call: tests run in parallel.
         static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "wsloop-transport-{}-{call}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("wsloop-transport-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let files = crate::tls::CertFiles {
             cert: dir.join("c.pem"),
