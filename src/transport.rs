@@ -208,18 +208,20 @@ impl Transport {
             Layer::Tls(tls) => {
                 // Decrypted bytes are copied from rustls's record straight into the spare
                 // capacity: no zero-filling of memory that is about to be overwritten.
-                let end = buf.len() + max.min(buf.capacity() - buf.len());
-                tls_read(
+                let start = buf.len();
+                let end = start + max.min(buf.capacity() - start);
+                let r = tls_read(
                     &mut tls.conn,
                     &mut tls.pending,
                     &mut self.socket,
-                    &mut SpareSink {
-                        end,
-                        start: buf.len(),
-                        buf,
-                    },
+                    &mut SpareSink { buf, end, start },
                     scratch,
-                )
+                );
+                if r.is_err() {
+                    // As for plain reads: an error appends nothing.
+                    buf.truncate(start);
+                }
+                r
             }
         }
     }
