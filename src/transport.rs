@@ -5,7 +5,7 @@
 //! asks whether the bytes were encrypted. The plain case is one enum branch away from the
 //! socket calls it made before TLS existed.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -46,15 +46,45 @@ enum Layer {
 /// A rustls connection and the ciphertext it has not taken yet.
 struct TlsState<C> {
     conn: C,
-    pending: Vec<u8>,
+    pending: Pending,
 }
 
 impl<C> TlsState<C> {
     fn new(conn: C) -> Box<Self> {
         Box::new(TlsState {
             conn,
-            pending: Vec::new(),
+            pending: Pending::default(),
         })
+    }
+}
+
+/// Ciphertext read but not yet taken by rustls, consumed from the front by moving an offset:
+/// rustls takes a few KiB per call, and draining the `Vec` each time would move the rest of
+/// up to 64 KiB again and again.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.at == self.buf.len()
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at += n;
+        if self.is_empty() {
+            self.at = 0;
+            self.buf.clear();
+            if self.buf.capacity() > PENDING_KEEP {
+                self.buf = Vec::new();
+            }
+        }
     }
 }
 
@@ -159,7 +189,7 @@ impl Transport {
                 &mut tls.conn,
                 &mut tls.pending,
                 &mut self.socket,
-                buf,
+                &mut SliceSink { buf, filled: 0 },
                 scratch,
             ),
         }
@@ -176,18 +206,21 @@ impl Transport {
             Layer::Plain => read_into_spare(&self.socket, buf, max),
             Layer::Undecided => Err(io::ErrorKind::WouldBlock.into()),
             Layer::Tls(tls) => {
-                // rustls reads into initialised memory only: zero what it may fill.
-                let len = buf.len();
-                let max = max.min(buf.capacity() - len);
-                buf.resize(len + max, 0);
+                // Decrypted bytes are copied from rustls's record straight into the spare
+                // capacity: no zero-filling of memory that is about to be overwritten.
+                let start = buf.len();
+                let end = start + max.min(buf.capacity() - start);
                 let r = tls_read(
                     &mut tls.conn,
                     &mut tls.pending,
                     &mut self.socket,
-                    &mut buf[len..],
+                    &mut SpareSink { buf, end, start },
                     scratch,
                 );
-                buf.truncate(len + *r.as_ref().unwrap_or(&0));
+                if r.is_err() {
+                    // As for plain reads: an error appends nothing.
+                    buf.truncate(start);
+                }
                 r
             }
         }
@@ -198,7 +231,7 @@ impl Transport {
     pub fn shrink(&mut self) {
         if let Layer::Tls(tls) = &mut self.layer {
             if tls.pending.is_empty() {
-                tls.pending = Vec::new();
+                tls.pending = Pending::default();
             }
         }
     }
@@ -268,44 +301,123 @@ fn read_into_spare(socket: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::
     Ok(n as usize)
 }
 
+/// Where decrypted bytes go: a slice to fill, or the spare capacity of a message buffer.
+trait PlainSink {
+    /// Bytes that still fit.
+    fn room(&self) -> usize;
+    /// Bytes put in so far by this read.
+    fn filled(&self) -> usize;
+    /// Moves what rustls has decrypted in (up to [`PlainSink::room`]): `Some(n)`, or `None`
+    /// once the peer's `close_notify` (RFC 8446 §6.1) or its TCP close has been reached and
+    /// nothing was moved. A TCP close without `close_notify` is an EOF like any other:
+    /// WebSocket and HTTP/1.1 framing say whether anything was cut short.
+    fn take<D>(&mut self, tls: &mut ConnectionCommon<D>) -> io::Result<Option<usize>>;
+}
+
+struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    filled: usize,
+}
+
+impl PlainSink for SliceSink<'_> {
+    fn room(&self) -> usize {
+        self.buf.len() - self.filled
+    }
+
+    fn filled(&self) -> usize {
+        self.filled
+    }
+
+    fn take<D>(&mut self, tls: &mut ConnectionCommon<D>) -> io::Result<Option<usize>> {
+        if self.room() == 0 {
+            return Ok(Some(0));
+        }
+        let n = match tls.reader().read(&mut self.buf[self.filled..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.filled += n;
+        Ok(Some(n))
+    }
+}
+
+/// A message buffer filled up to `end` (within its capacity, so it never reallocates).
+struct SpareSink<'a> {
+    buf: &'a mut Vec<u8>,
+    end: usize,
+    start: usize,
+}
+
+impl PlainSink for SpareSink<'_> {
+    fn room(&self) -> usize {
+        self.end - self.buf.len()
+    }
+
+    fn filled(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn take<D>(&mut self, tls: &mut ConnectionCommon<D>) -> io::Result<Option<usize>> {
+        let mut reader = tls.reader();
+        let mut got = 0;
+        while self.buf.len() < self.end {
+            let chunk = match reader.fill_buf() {
+                // `close_notify` after the last byte.
+                Ok([]) => return Ok(if got > 0 { Some(got) } else { None }),
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(if got > 0 { Some(got) } else { None })
+                }
+                Err(e) => return Err(e),
+            };
+            let k = chunk.len().min(self.end - self.buf.len());
+            self.buf.extend_from_slice(&chunk[..k]);
+            reader.consume(k);
+            got += k;
+        }
+        Ok(Some(got))
+    }
+}
+
 fn tls_read<D, S: Read + Write>(
     tls: &mut ConnectionCommon<D>,
-    pending: &mut Vec<u8>,
+    pending: &mut Pending,
     socket: &mut S,
-    buf: &mut [u8],
+    sink: &mut impl PlainSink,
     scratch: &mut [u8],
 ) -> io::Result<usize> {
     debug_assert!(!scratch.is_empty(), "an empty read would look like EOF");
-    let mut filled = 0;
     let mut drained = false;
     loop {
-        match take_plaintext(tls, &mut buf[filled..])? {
-            Some(n) => filled += n,
+        if sink.take(tls)?.is_none() {
             // `close_notify` or EOF: reported now, or (after these bytes) on the next call.
-            None => return Ok(filled),
+            return Ok(sink.filled());
         }
-        if filled == buf.len() {
-            return Ok(filled);
+        if sink.room() == 0 {
+            return Ok(sink.filled());
         }
         if !pending.is_empty() {
-            let taken = feed(tls, socket, pending)?;
-            pending.drain(..taken);
-            if pending.is_empty() && pending.capacity() > PENDING_KEEP {
-                *pending = Vec::new();
-            }
+            let taken = feed(tls, socket, pending.rest())?;
+            pending.consume(taken);
             continue;
         }
         if drained {
-            return if filled > 0 {
-                Ok(filled)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
+            return match sink.filled() {
+                0 => Err(io::ErrorKind::WouldBlock.into()),
+                filled => Ok(filled),
             };
         }
         let n = match socket.read(scratch) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return if filled > 0 { Ok(filled) } else { Err(e) };
+                return match sink.filled() {
+                    0 => Err(e),
+                    filled => Ok(filled),
+                };
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -319,32 +431,16 @@ fn tls_read<D, S: Read + Write>(
         let mut at = 0;
         while at < n {
             at += feed(tls, socket, &scratch[at..n])?;
-            match take_plaintext(tls, &mut buf[filled..])? {
-                Some(k) => filled += k,
-                None => break,
+            if sink.take(tls)?.is_none() {
+                break;
             }
-            if filled == buf.len() {
+            if sink.room() == 0 {
                 // rustls holds at most 16 KiB of plaintext: the rest waits as ciphertext.
-                pending.extend_from_slice(&scratch[at..n]);
+                // (Only an empty `pending` leads to a socket read.)
+                pending.buf.extend_from_slice(&scratch[at..n]);
                 break;
             }
         }
-    }
-}
-
-/// Moves decrypted bytes into `buf`: `Some(n)`, or `None` once the peer's `close_notify`
-/// (RFC 8446 §6.1) or its TCP close has been reached. A TCP close without `close_notify` is
-/// an EOF like any other: WebSocket and HTTP/1.1 framing say whether anything was cut short.
-fn take_plaintext<D>(tls: &mut ConnectionCommon<D>, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    if buf.is_empty() {
-        return Ok(Some(0));
-    }
-    match tls.reader().read(buf) {
-        Ok(0) => Ok(None),
-        Ok(n) => Ok(Some(n)),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(0)),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
@@ -378,7 +474,7 @@ fn feed<D, S: Write>(
 /// when none are left.
 fn write_records<D, S: Write>(tls: &mut ConnectionCommon<D>, socket: &mut S) -> io::Result<bool> {
     while tls.wants_write() {
-        match tls.write_tls(socket) {
+        match tls.write_tls(&mut OneSlice(&mut *socket)) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -387,6 +483,27 @@ fn write_records<D, S: Write>(tls: &mut ConnectionCommon<D>, socket: &mut S) -> 
         }
     }
     Ok(true)
+}
+
+/// Hands rustls's records to the socket: a lone record (an echo, a small message) goes out by
+/// write(2), as the plain path's bytes do, sparing the kernel writev's iovec import.
+struct OneSlice<'a, S>(&'a mut S);
+
+impl<S: Write> Write for OneSlice<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match bufs {
+            [one] => self.0.write(one),
+            _ => self.0.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// The outbox's writer on a TLS connection: plaintext goes into rustls's `writer()` and the
@@ -455,7 +572,7 @@ impl ClientTransport {
                 &mut tls.conn,
                 &mut tls.pending,
                 &mut self.socket,
-                buf,
+                &mut SliceSink { buf, filled: 0 },
                 &mut self.scratch,
             ),
         }
@@ -490,7 +607,11 @@ mod tests {
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let dir = std::env::temp_dir().join(format!("wsloop-transport-{}", std::process::id()));
+        // One directory per call: tests run in parallel.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("wsloop-transport-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let files = crate::tls::CertFiles {
             cert: dir.join("c.pem"),
@@ -544,6 +665,44 @@ mod tests {
                 }
                 Err(e) => panic!("{e}"),
             }
+        }
+    }
+
+    /// Reads everything into the spare capacity of a growing buffer, at most `max` bytes a
+    /// call, as the loop assembles a large message.
+    fn read_all_into_spare(t: &mut Transport, max: usize) -> Vec<u8> {
+        let mut scratch = vec![0; TLS_READ_SIZE];
+        let mut got = Vec::with_capacity(1000);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < end, "only {} bytes arrived", got.len());
+            if got.capacity() == got.len() {
+                got.reserve(got.len());
+            }
+            let (len, cap) = (got.len(), got.capacity());
+            match t.read_into_spare(&mut got, max, &mut scratch) {
+                Ok(0) => return got,
+                Ok(n) => {
+                    assert_eq!(got.len(), len + n);
+                    assert!(n <= max, "{n} bytes read, {max} asked for");
+                    assert_eq!(got.capacity(), cap, "the buffer grew while read into");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_reads_into_spare_capacity_get_every_byte_then_eof() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        for max in [5, 16 * 1024, 1 << 20] {
+            let (mut t, client) = pair(data.clone());
+            assert_eq!(read_all_into_spare(&mut t, max), data, "reads of {max}");
+            drop(t);
+            client.join().unwrap();
         }
     }
 
