@@ -431,6 +431,14 @@ impl RedisLink {
         true
     }
 
+    /// Whether a publish of about `len` bytes (room and payload) fits the buffer as it is now
+    /// (the exact test, envelope and RESP included, is [`Self::publish`]'s).
+    pub fn has_room(&self, len: usize) -> bool {
+        const OVERHEAD: usize = 128;
+        let pending = self.wires[Side::Publisher as usize].pending();
+        pending + len + self.settings.prefix.len() + OVERHEAD <= self.settings.buffer
+    }
+
     /// The driver read `bytes` from `side`.
     pub fn receive(&mut self, side: Side, bytes: &[u8], now: Instant) {
         if !self.in_session() {

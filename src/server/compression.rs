@@ -45,6 +45,23 @@ impl Broadcast {
         }
     }
 
+    /// The message itself (kind and payload), read back from the plain frame, which holds it
+    /// whole: what other nodes are sent.
+    pub(super) fn message(&self) -> (MessageKind, &[u8]) {
+        match parse_header(&self.plain) {
+            Ok(Parse::Complete(h)) => {
+                let kind = if h.opcode == crate::frame::Opcode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                (kind, &self.plain[h.header_len..])
+            }
+            // Not reached: `plain` is a whole frame this server encoded.
+            _ => (MessageKind::Binary, &[]),
+        }
+    }
+
     /// Queues the message on `conn` (the sender's own echo); the bytes queued, if it is open.
     pub(super) fn send(
         &mut self,

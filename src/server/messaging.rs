@@ -98,6 +98,8 @@ impl Server {
             if let Some(Route::Room(name)) = self.route_of(key) {
                 for message in &mut frames {
                     self.deliver_message(&name, Some(key), message);
+                    let (kind, payload) = message.message();
+                    self.room_published(&name, kind, payload);
                 }
             }
             frames.clear();

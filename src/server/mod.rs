@@ -34,6 +34,7 @@ use crate::timer::{Timer, TimerTable};
 use crate::transport::Transport;
 
 mod access;
+mod cluster;
 mod compression;
 mod listening;
 mod messaging;
@@ -44,6 +45,7 @@ mod signals;
 mod stats;
 mod tls_port;
 
+use cluster::{Cluster, REDIS_PUB, REDIS_SUB};
 use compression::Broadcast;
 use protection::Protection;
 use stats::Stats;
@@ -293,6 +295,8 @@ pub struct Server {
     protection: Protection,
     /// `--tls-cert`: the certificates, the handshake budget, reloading.
     tls: Option<TlsPort>,
+    /// `--redis`: the bridge to the other nodes.
+    cluster: Option<Cluster>,
 }
 
 impl Server {
@@ -321,6 +325,7 @@ impl Server {
         let protection = Protection::new(&config)?;
         let tls = TlsPort::new(&config, Instant::now())?;
         let deflate = Server::new_codec(&config);
+        let cluster = Cluster::new(&config, poll.registry())?;
         let www = match &config.www {
             Some(dir) => WebRoot::dir(dir).map_err(|e| {
                 crate::error::io_context(format_args!("--www {}", dir.display()), e)
@@ -362,6 +367,7 @@ impl Server {
             children: 0,
             protection,
             tls,
+            cluster,
         })
     }
 
@@ -397,6 +403,7 @@ impl Server {
                     LISTENER => self.accept(),
                     SIGNALS => self.on_signal(),
                     CONSOLE => self.on_console(),
+                    REDIS_PUB | REDIS_SUB => self.redis_ready(event.token()),
                     CONSOLE_OUT => {
                         if let Some(out) = self.console_out.as_mut() {
                             out.blocked = false;
@@ -428,8 +435,12 @@ impl Server {
             keys.clear();
             self.working = keys;
             self.flush_all();
+            self.redis_flush();
             let now = self.now;
             self.expire_timers(now);
+            if self.redis_deadline().is_some_and(|at| now >= at) {
+                self.redis_timeout(now);
+            }
             if now >= self.next_sweep {
                 self.sweep();
             }
@@ -490,6 +501,9 @@ impl Server {
             next = next.min(at);
         }
         if let Some(at) = self.tls.as_ref().and_then(|t| t.next_check) {
+            next = next.min(at);
+        }
+        if let Some(at) = self.redis_deadline() {
             next = next.min(at);
         }
         next
@@ -960,6 +974,9 @@ impl Server {
             let left = self.rooms.leave(&name, key);
             if self.config.room_events && left > 0 {
                 self.room_event("leave", &name, left);
+            }
+            if left == 0 {
+                self.room_closed(&name);
             }
         }
     }

@@ -296,6 +296,7 @@ impl Server {
         };
         let frame = shared_frame(&mut self.scratch, kind, body);
         let delivered = self.deliver(name, None, &frame);
+        self.room_published(name, kind, body);
         json_response(200, format!("{{\"delivered\":{delivered}}}"))
     }
 
@@ -321,6 +322,7 @@ impl Server {
     fn metrics_response(&self) -> Response {
         let mut body = String::new();
         stats::prometheus(&self.gauges(), &self.stats, &mut body);
+        self.redis_metrics(&mut body);
         Response {
             status: 200,
             headers: vec![
@@ -353,7 +355,7 @@ impl Server {
         format!(
             "{{\"http\":{},\"closing\":{},\"room_count\":{},\"top_rooms\":[{top}],\"refused_total\":{refused_total},\
              \"connections\":{},\"websockets\":{websockets},\"rooms\":{{{rooms}}},\"messages_in\":{},\"bytes_in\":{},\"messages_out\":{},\"bytes_out\":{},\"children\":{},\"uptime_s\":{},\
-             \"slow_closed\":{},\"dropped\":{},\"ping_timeouts\":{},\"send_timeouts\":{},\"accept_errors\":{},\"console_dropped\":{},\"refused\":{},\"closes\":{}}}",
+             \"slow_closed\":{},\"dropped\":{},\"ping_timeouts\":{},\"send_timeouts\":{},\"accept_errors\":{},\"console_dropped\":{},\"refused\":{},\"closes\":{}{}}}",
             g.http,
             g.closing,
             g.rooms,
@@ -372,6 +374,7 @@ impl Server {
             s.console_dropped,
             stats::json_counts(&s.refused),
             stats::json_counts(&s.closes),
+            self.redis_json(),
         )
     }
 
@@ -527,6 +530,9 @@ impl Server {
         self.queue_flush(key);
         if let Route::Room(name) = &route {
             let n = self.rooms.join(name, key);
+            if n == 1 {
+                self.room_opened(name);
+            }
             if self.config.room_events {
                 self.room_event("join", name, n);
             }
