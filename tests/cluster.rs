@@ -363,3 +363,40 @@ fn a_stalled_redis_cannot_grow_the_nodes_memory_drops_are_counted() {
     assert_eq!(redis_count(&a, "pending_bytes"), 0);
     assert!(connected(&a));
 }
+
+#[test]
+fn garbage_on_a_room_channel_is_counted_and_never_reaches_members() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port());
+    let prefix = prefix("garbage");
+    let channel = format!("{prefix}:room:r");
+    let (a, b) = (
+        node(redis.port, &prefix, &[]),
+        node(redis.port, &prefix, &[]),
+    );
+    let mut a1 = ws(&a, "/room/r");
+    let mut b1 = ws(&b, "/room/r");
+    assert!(redis.wait_numsub(&channel, 2));
+    // Something else publishes on the channel: not an envelope, or a text envelope that is
+    // not UTF-8 (version 1, kind 1, node, seq 1, room "r", then 0xff).
+    let mut bad_text = vec![1u8, 1];
+    bad_text.extend_from_slice(&7u64.to_be_bytes());
+    bad_text.extend_from_slice(&1u64.to_be_bytes());
+    bad_text.extend_from_slice(&[1, b'r', 0xff]);
+    for payload in [&b"hello"[..], &bad_text] {
+        let reply =
+            common::redis::query_bytes(redis.port, &[b"PUBLISH", channel.as_bytes(), payload]);
+        assert_eq!(reply.as_deref(), Some(":2\r\n"), "both nodes subscribed");
+    }
+    assert!(within(Duration::from_secs(5), || {
+        redis_count(&a, "invalid") == 2 && redis_count(&b, "invalid") == 2
+    }));
+    // The next thing members get is a real message: the garbage was not delivered, and the
+    // link stayed up.
+    send(&mut a1, "real");
+    assert_eq!(text(&mut b1), "real");
+    assert!(connected(&a) && connected(&b));
+    assert_eq!(redis_count(&a, "reconnects"), 0);
+}

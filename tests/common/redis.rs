@@ -98,14 +98,22 @@ pub fn free_port() -> u16 {
 /// Sends one command and returns its whole reply (read until the answer is complete for the
 /// simple shapes used here: a status, an integer, or an array of bulk strings and integers).
 pub fn query(port: u16, args: &[&str]) -> Option<String> {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    query_bytes(port, &args)
+}
+
+/// [`query`] with arguments that need not be text.
+pub fn query_bytes(port: u16, args: &[&[u8]]) -> Option<String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut cmd = format!("*{}\r\n", args.len());
+    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
-        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        cmd.extend_from_slice(a);
+        cmd.extend_from_slice(b"\r\n");
     }
-    s.write_all(cmd.as_bytes()).ok()?;
+    s.write_all(&cmd).ok()?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
     while !complete(&reply) {
