@@ -211,8 +211,10 @@ fn main() {
         max_us
     };
     println!(
-        "cross-node latency, {} members, {} msg/s for {} s: p50 {} us, p90 {} us, p99 {} us, \
+        "latency {} -> {}, {} members, {} msg/s for {} s: p50 {} us, p90 {} us, p99 {} us, \
          max {} us; {} of {} arrivals ({} lost), {} samples after {:?} warm-up",
+        args.a,
+        args.b,
         args.members,
         args.rate,
         args.seconds,

@@ -4,6 +4,7 @@
 # (examples/cluster_latency.rs), RATE messages a second for SECONDS; prints p50/p90/p99.
 # Loopback only, bounded; everything started here is stopped by its PID.
 # Usage: scripts/bench-cluster.sh [MEMBERS] [RATE] [SECONDS]   (a benchmark: not run by cargo test)
+# LOCAL=1 puts the sender on node B too: the same fan-out without the Redis hop, for comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 members="${1:-1000}"
@@ -30,23 +31,25 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-node() { # node -> prints the node's port
-  local log
+node() { # node VAR: starts a node, sets VAR to its port (no $(...): the node would hold it open)
+  local log p
   log=$(mktemp)
   logs+=("$log")
   target/release/wsloop --port 0 --redis "redis://127.0.0.1:$port" --redis-prefix bench \
-    --max-connections $((members + 100)) 2>"$log" &
+    --max-connections $((members + 100)) >/dev/null 2>"$log" &
   pids+=($!)
   for _ in $(seq 100); do
-    p=$(grep -o 'listening on ws://[^ ]*' "$log" | sed 's/.*://') && [ -n "$p" ] && { echo "$p"; return; }
+    p=$(grep -o 'listening on ws://[^ ]*' "$log" | sed 's/.*://') && [ -n "$p" ] && { printf -v "$1" %s "$p"; return; }
     sleep 0.1
   done
   echo "node did not start: $(cat "$log")" >&2
   exit 1
 }
-a=$(node)
-b=$(node)
-timeout $((secs + 60)) target/release/examples/cluster_latency "127.0.0.1:$a" "127.0.0.1:$b" \
+node a
+node b
+sender=$a
+[ -n "${LOCAL:-}" ] && sender=$b
+timeout $((secs + 60)) target/release/examples/cluster_latency "127.0.0.1:$sender" "127.0.0.1:$b" \
   --members "$members" --rate "$rate" --seconds "$secs"
 echo "node A redis: $(curl -s "http://127.0.0.1:$a/stats" | grep -o '"redis":{[^}]*}')"
 echo "node B redis: $(curl -s "http://127.0.0.1:$b/stats" | grep -o '"redis":{[^}]*}')"
