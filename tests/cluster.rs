@@ -400,3 +400,68 @@ fn garbage_on_a_room_channel_is_counted_and_never_reaches_members() {
     assert!(connected(&a) && connected(&b));
     assert_eq!(redis_count(&a, "reconnects"), 0);
 }
+
+#[test]
+fn messages_from_another_node_are_compressed_for_members_that_agreed_on_deflate() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port());
+    let prefix = prefix("deflate");
+    let channel = format!("{prefix}:room:r");
+    let (a, b) = (
+        node(redis.port, &prefix, &[]),
+        node(redis.port, &prefix, &[]),
+    );
+    let mut a1 = ws(&a, "/room/r");
+    // On B: one member that agreed on permessage-deflate, one that did not.
+    let mut squeezed = b.connect();
+    std::io::Write::write_all(
+        &mut squeezed,
+        upgrade_request("/room/r", &["Sec-WebSocket-Extensions: permessage-deflate"]).as_bytes(),
+    )
+    .unwrap();
+    let head = read_head(&mut squeezed);
+    assert!(
+        header(&head, "Sec-WebSocket-Extensions").is_some(),
+        "{head}"
+    );
+    let mut plain = b.ws_raw("/room/r");
+    assert!(redis.wait_numsub(&channel, 2));
+
+    let text = "{\"event\":\"price\",\"symbol\":\"ACME\",\"value\":42} ".repeat(30);
+    send(&mut a1, &text);
+    let (_, op, payload) = read_frame_rsv(&mut squeezed);
+    assert_eq!(op, 0x40 | 1, "RSV1 and text");
+    assert!(payload.len() < text.len() / 4, "{} bytes", payload.len());
+    let mut out = Vec::new();
+    wsloop::deflate::Inflater::new(15, false)
+        .inflate(&payload, true, &mut out, 1 << 20)
+        .unwrap();
+    assert_eq!(out, text.as_bytes());
+    let (_, op, payload) = read_frame_rsv(&mut plain);
+    assert_eq!((op, payload), (1, text.into_bytes()));
+}
+
+/// A server frame with its RSV bits: (fin, first byte without FIN, payload).
+fn read_frame_rsv(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    use std::io::Read;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).unwrap();
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).unwrap();
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0; len];
+    s.read_exact(&mut p).unwrap();
+    (h[0] & 0x80 != 0, h[0] & 0x7f, p)
+}
