@@ -258,8 +258,8 @@ pub struct Config {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub tls_handshakes_per_turn: usize,
     /// Rooms across processes and machines through Redis pub/sub:
-    /// `redis://[[user]:password@]host[:port][/db]`. Not active yet: this build checks the
-    /// URL and otherwise ignores it (the bridge is built, the server does not use it).
+    /// `redis://[[user]:password@]host[:port][/db]`. Room messages and `POST /publish` reach
+    /// members on every node; at most once: while Redis is away they are dropped and counted.
     #[arg(long, value_name = "URL", value_parser = crate::cluster::url::parse_redis_url)]
     pub redis: Option<crate::cluster::RedisUrl>,
 

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
@@ -15,75 +12,7 @@ use wsloop::cluster::redis::{Event, Settings};
 use wsloop::cluster::RedisUrl;
 use wsloop::connection::MessageKind;
 
-use common::have_tool;
-
-fn have_redis() -> bool {
-    have_tool(
-        Command::new("redis-server").arg("--version"),
-        "redis-server",
-        "apt-get install redis-server",
-    )
-}
-
-/// A `redis-server` process, killed by its PID when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// Starts redis-server on `port` and waits (bounded) until it accepts connections.
-    fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is needed: apt-get install redis-server (.ci/run does)");
-        let redis = Redis { child, port };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(addr) {
-                // Accepting is not yet answering: wait for the PONG.
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut b = [0u8; 7];
-                    if std::io::Read::read_exact(&mut s, &mut b).is_ok() && &b == b"+PONG\r\n" {
-                        return redis;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills it by PID (SIGKILL: no goodbye to the clients) and reaps it.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::redis::{free_port, have_redis, Redis};
 
 /// Two nodes, A and B, each a bridge, on one poll.
 struct Nodes {

@@ -82,6 +82,7 @@ fn every_script_has_a_test() {
         "fuzz.sh",
         "bench-keepalive.sh",
         "bench-workers.sh",
+        "bench-cluster.sh",
     ];
     for entry in std::fs::read_dir(dir).expect("scripts/") {
         let name = entry.expect("a dir entry").file_name();

@@ -121,6 +121,38 @@ impl RedisBridge {
         sent
     }
 
+    /// Like [`Self::publish`], but only queues: the server writes everything queued in a
+    /// loop turn with one [`Self::flush`], not one write per message. When the buffer would
+    /// not take it, what is queued is written first (as much as the socket takes), so that
+    /// the cap drops messages only when Redis is not reading, not because a turn was busy.
+    pub fn queue_publish(
+        &mut self,
+        room: &str,
+        kind: MessageKind,
+        payload: &[u8],
+        now: Instant,
+    ) -> bool {
+        if !self.link.has_room(room.len() + payload.len()) {
+            self.drive(now);
+        }
+        self.link.publish(room, kind, payload)
+    }
+
+    /// Writes what is queued (what the socket takes; the rest goes on its WRITABLE event).
+    pub fn flush(&mut self, now: Instant) {
+        self.drive(now);
+    }
+
+    /// Bytes queued for Redis and not yet written (both connections).
+    pub fn pending(&self) -> usize {
+        Side::BOTH.iter().map(|&s| self.link.output(s).len()).sum()
+    }
+
+    /// Rooms with local members, each subscribed while the link is up.
+    pub fn rooms(&self) -> usize {
+        self.link.rooms().count()
+    }
+
     pub fn stats(&self) -> RedisStats {
         self.link.stats()
     }

@@ -308,7 +308,11 @@ impl Sequencer {
         if self.next.len() >= MAX_SENDERS && !self.next.contains_key(room) {
             self.next.clear();
         }
-        let seq = self.next.entry(room.to_string()).or_insert(1);
+        // A room already numbered costs no allocation (`entry` would take an owned key).
+        let seq = match self.next.get_mut(room) {
+            Some(seq) => seq,
+            None => self.next.entry(room.to_string()).or_insert(1),
+        };
         let env = Envelope {
             node: self.node,
             seq: *seq,

@@ -1,8 +1,7 @@
 //! Rooms across processes and machines: the envelope that crosses nodes, and a Redis pub/sub
 //! link, sans-I/O ([`redis`]) with a thin `mio` driver ([`bridge`]).
 //!
-//! Built and tested on its own; the server does not use it yet (`--redis` is accepted and
-//! inert until the workers land).
+//! The server's side (`--redis`: its tokens, timer and room hooks) is `server/cluster.rs`.
 
 pub mod bridge;
 pub mod envelope;

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use redis_protocol::resp2::decode::decode_range;
@@ -242,6 +243,16 @@ impl Wire {
     }
 }
 
+/// Between the prefix and the room name in a channel.
+const ROOM_INFIX: &str = ":room:";
+
+/// The encoded size of `PUBLISH channel data`, from the lengths alone.
+fn publish_len(channel_len: usize, data_len: usize) -> usize {
+    let digits = |n: usize| n.checked_ilog10().unwrap_or(0) as usize + 1;
+    // `*3\r\n` `$7\r\nPUBLISH\r\n`, then each argument as `$LEN\r\nARG\r\n`.
+    4 + 13 + (5 + digits(channel_len) + channel_len) + (5 + digits(data_len) + data_len)
+}
+
 /// The encoded size of a command: `*N\r\n`, then `$LEN\r\nARG\r\n` per argument.
 fn command_len(args: &[&[u8]]) -> usize {
     let digits = |n: usize| n.to_string().len();
@@ -256,6 +267,8 @@ fn command_len(args: &[&[u8]]) -> usize {
 #[derive(Debug)]
 pub struct RedisLink {
     settings: Settings,
+    /// `PREFIX:room:`, the start of every channel of ours.
+    channel_prefix: String,
     state: State,
     wires: [Wire; 2],
     /// Local members per room; a room is subscribed while it is here.
@@ -278,6 +291,7 @@ impl RedisLink {
     /// fixed one makes tests repeatable).
     pub fn new(settings: Settings, node: u64, seed: u64, now: Instant) -> RedisLink {
         RedisLink {
+            channel_prefix: format!("{}{ROOM_INFIX}", settings.prefix),
             settings,
             state: State::Backoff { at: now },
             wires: Default::default(),
@@ -434,19 +448,37 @@ impl RedisLink {
             self.stats.dropped += 1;
             return false;
         }
-        let channel = self.channel(room);
-        let mut data = Vec::with_capacity(env.encoded_len());
-        env.encode(&mut data);
+        // Encoded straight into the output: no allocation per message.
+        let prefix = &self.channel_prefix;
+        let channel_len = prefix.len() + room.len();
+        let data_len = env.encoded_len();
         let w = &mut self.wires[Side::Publisher as usize];
-        let args: [&[u8]; 3] = [b"PUBLISH", channel.as_bytes(), &data];
-        if w.pending() + command_len(&args) > self.settings.buffer {
+        let len = publish_len(channel_len, data_len);
+        if w.pending() + len > self.settings.buffer {
             self.stats.dropped += 1;
             return false;
         }
-        w.command(&args);
+        let start = w.out.len();
+        w.out.reserve(len);
+        let _ = write!(
+            w.out,
+            "*3\r\n$7\r\nPUBLISH\r\n${channel_len}\r\n{prefix}{room}\r\n${data_len}\r\n"
+        );
+        env.encode(&mut w.out);
+        w.out.extend_from_slice(b"\r\n");
+        debug_assert_eq!(w.out.len() - start, len);
+        w.queued += len as u64;
         let end = w.queued;
         w.expect.push_back(Reply::Publish { end });
         true
+    }
+
+    /// Whether a publish of about `len` bytes (room and payload) fits the buffer as it is now
+    /// (the exact test, envelope and RESP included, is [`Self::publish`]'s).
+    pub fn has_room(&self, len: usize) -> bool {
+        const OVERHEAD: usize = 128;
+        let pending = self.wires[Side::Publisher as usize].pending();
+        pending + len + self.settings.prefix.len() + OVERHEAD <= self.settings.buffer
     }
 
     /// The driver read `bytes` from `side`.
@@ -493,7 +525,7 @@ impl RedisLink {
     }
 
     fn channel(&self, room: &str) -> String {
-        format!("{}:room:{}", self.settings.prefix, room)
+        format!("{}{room}", self.channel_prefix)
     }
 
     fn start_connect(&mut self, now: Instant) {
@@ -697,9 +729,8 @@ impl RedisLink {
         if self.on_input_message(channel, data) {
             return;
         }
-        let prefix = format!("{}:room:", self.settings.prefix);
         let Some(room) = channel
-            .strip_prefix(prefix.as_bytes())
+            .strip_prefix(self.channel_prefix.as_bytes())
             .and_then(|r| std::str::from_utf8(r).ok())
         else {
             self.stats.invalid += 1;

@@ -100,7 +100,7 @@ impl Server {
             if let Some(Route::Room(name)) = self.route_of(key) {
                 for message in &mut frames {
                     self.deliver_message(&name, Some(key), message);
-                    self.room_delivered(&name, message.plain());
+                    self.room_delivered(&name, message.plain(), true);
                 }
             }
             frames.clear();
@@ -212,7 +212,7 @@ impl Server {
         let n = match self.config.push_room.clone() {
             Some(room) => {
                 let n = self.deliver(&room, None, &frame);
-                self.room_delivered(&room, &frame);
+                self.room_delivered(&room, &frame, false);
                 n
             }
             None => {
@@ -254,7 +254,7 @@ impl Server {
         let n = match target {
             Target::Room(room) => {
                 let n = self.deliver(room, None, &frame);
-                self.room_delivered(room, &frame);
+                self.room_delivered(room, &frame, false);
                 n
             }
             Target::Everyone => {

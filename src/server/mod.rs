@@ -35,6 +35,7 @@ use crate::timer::{Timer, TimerTable};
 use crate::transport::Transport;
 
 mod access;
+mod cluster;
 mod compression;
 mod listening;
 mod messaging;
@@ -47,6 +48,7 @@ mod stats;
 mod tls_port;
 pub mod workers;
 
+use cluster::{Cluster, REDIS_PUB, REDIS_SUB};
 use compression::Broadcast;
 use protection::Protection;
 use room_programs::{RoomPrograms, ROOM_PROGRAM};
@@ -301,6 +303,8 @@ pub struct Server {
     tls: Option<TlsPort>,
     /// `--workers` above 1: this worker's number, inbox and room replica; `None` with one.
     seat: Option<Box<workers::Seat>>,
+    /// `--redis`: the bridge to the other nodes.
+    cluster: Option<Cluster>,
 }
 
 impl Server {
@@ -339,6 +343,7 @@ impl Server {
         let protection = Protection::new(&config)?;
         let tls = TlsPort::new(&config, Instant::now())?;
         let deflate = Server::new_codec(&config);
+        let cluster = Cluster::new(&config, poll.registry())?;
         let www = match &config.www {
             Some(dir) => WebRoot::dir(dir).map_err(|e| {
                 crate::error::io_context(format_args!("--www {}", dir.display()), e)
@@ -382,6 +387,7 @@ impl Server {
             protection,
             tls,
             seat: None,
+            cluster,
         })
     }
 
@@ -426,6 +432,7 @@ impl Server {
                     SIGNALS => self.on_signal(),
                     CONSOLE => self.on_console(),
                     workers::WAKER => self.on_notes(),
+                    REDIS_PUB | REDIS_SUB => self.redis_ready(event.token()),
                     CONSOLE_OUT => {
                         if let Some(out) = self.console_out.as_mut() {
                             out.blocked = false;
@@ -461,8 +468,12 @@ impl Server {
             keys.clear();
             self.working = keys;
             self.flush_all();
+            self.redis_flush();
             let now = self.now;
             self.expire_timers(now);
+            if self.redis_deadline().is_some_and(|at| now >= at) {
+                self.redis_timeout(now);
+            }
             if now >= self.next_sweep {
                 self.sweep();
             }
@@ -535,6 +546,9 @@ impl Server {
             next = next.min(at);
         }
         if let Some(at) = self.publish_due() {
+            next = next.min(at);
+        }
+        if let Some(at) = self.redis_deadline() {
             next = next.min(at);
         }
         next
@@ -1015,13 +1029,13 @@ impl Server {
         }
         if let Route::Room(name) = route {
             let left = self.rooms.leave(&name, key);
-            if left == 0 {
-                self.room_closed(&name);
-            }
             if self.config.room_events && left > 0 {
                 self.room_event("leave", &name, left);
             }
             self.room_program_left(&name, left);
+            if left == 0 {
+                self.room_closed(&name);
+            }
         }
     }
 }

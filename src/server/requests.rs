@@ -296,8 +296,8 @@ impl Server {
         };
         let frame = shared_frame(&mut self.scratch, kind, body);
         let delivered = self.deliver(name, None, &frame);
-        // Members on other workers get it too; `delivered` counts this worker's.
-        self.room_delivered(name, &frame);
+        // Members on other workers and nodes get it too; `delivered` counts this worker's.
+        self.room_delivered(name, &frame, true);
         json_response(200, format!("{{\"delivered\":{delivered}}}"))
     }
 
@@ -330,6 +330,7 @@ impl Server {
                 stats::prometheus_workers(&all, &mut body);
             }
         }
+        self.redis_metrics(&mut body);
         Response {
             status: 200,
             headers: vec![
@@ -427,6 +428,7 @@ impl Server {
             }
             json.push(']');
         }
+        json.push_str(&self.redis_json());
         json.push('}');
         json
     }

@@ -33,6 +33,8 @@ pub(super) enum Note {
     Room {
         room: Arc<str>,
         frame: Frame,
+        /// `--redis`: worker 0, which holds the process's link, publishes it to other nodes.
+        publish: bool,
     },
     /// Push or console: a frame for every WebSocket.
     Everyone(Frame),
@@ -194,6 +196,8 @@ impl Server {
         if me != 0 {
             // Worker 0 owns the push timer and the console; push reaches others as notes.
             server.next_push = None;
+            // ... and the process's one Redis link (one SUBSCRIBE per room for all workers).
+            server.cluster = None;
         }
         server.seat = Some(Box::new(Seat {
             hub,
@@ -213,6 +217,7 @@ impl Server {
     /// Hook: the first local member of `room` joined. Other workers start sending us its
     /// messages.
     pub(super) fn room_opened(&mut self, room: &str) {
+        self.redis_join(room);
         if let Some(seat) = &self.seat {
             let (me, room): (usize, Arc<str>) = (seat.me, room.into());
             seat.broadcast(|| Note::Joined {
@@ -224,6 +229,7 @@ impl Server {
 
     /// Hook: the last local member of `room` left.
     pub(super) fn room_closed(&mut self, room: &str) {
+        self.redis_leave(room);
         if let Some(seat) = &self.seat {
             let (me, room): (usize, Arc<str>) = (seat.me, room.into());
             seat.broadcast(|| Note::Left {
@@ -234,15 +240,32 @@ impl Server {
     }
 
     /// Hook: a room message (from a member, `/publish`, push or console) was delivered to the
-    /// local members; the same frame goes to the other workers that have members. Returns
-    /// how many workers it was handed to.
-    pub(super) fn room_delivered(&mut self, room: &str, frame: &SharedFrame) -> usize {
+    /// local members; the same frame goes to the other workers that have members, and with
+    /// `cross_nodes` (members' messages and `/publish`) to other nodes through Redis: directly
+    /// from the worker that holds the link (worker 0), through worker 0 from the others.
+    /// Returns how many workers it was handed to.
+    pub(super) fn room_delivered(
+        &mut self,
+        room: &str,
+        frame: &SharedFrame,
+        cross_nodes: bool,
+    ) -> usize {
+        let publish = cross_nodes && self.config.redis.is_some();
+        if publish && self.cluster.is_some() {
+            let (kind, payload) = frame_message(frame);
+            self.redis_publish(room, kind, payload);
+        }
         let Some(seat) = &self.seat else {
             return 0;
         };
-        let Some((name, &mask)) = seat.remote.get_key_value(room) else {
-            return 0;
+        // Worker 0 publishes for the others.
+        let via_first = publish && seat.me != 0;
+        let (name, mask) = match seat.remote.get_key_value(room) {
+            Some((name, &mask)) => (name.clone(), mask),
+            None if via_first => (Arc::from(room), 0),
+            None => return 0,
         };
+        let mask = if via_first { mask | 1 } else { mask };
         let frame: Frame = Arc::from(&frame[..]);
         let mut handed = 0;
         let mut bits = mask;
@@ -252,6 +275,7 @@ impl Server {
             let note = Note::Room {
                 room: name.clone(),
                 frame: frame.clone(),
+                publish: via_first && worker == 0,
             };
             if seat.hub.send(worker, note) {
                 handed += 1;
@@ -307,18 +331,29 @@ impl Server {
         while let Some(note) = notes.pop_front() {
             match note {
                 // The worker's own copy, so that its receivers share it without atomics.
-                Note::Room { room, frame } => {
+                Note::Room {
+                    room,
+                    frame,
+                    publish,
+                } => {
                     self.deliver(&room, None, &Rc::from(&frame[..]));
+                    if publish {
+                        let (kind, payload) = frame_message(&frame);
+                        self.redis_publish(&room, kind, payload);
+                    }
                 }
                 Note::Everyone(frame) => {
                     self.deliver_to_all(&Rc::from(&frame[..]));
                 }
                 Note::Joined { room, worker } => {
+                    // Worker 0 holds the Redis link: it subscribes for every worker's rooms.
+                    self.redis_join(&room);
                     if let Some(seat) = self.seat.as_mut() {
                         *seat.remote.entry(room).or_insert(0) |= 1 << worker;
                     }
                 }
                 Note::Left { room, worker } => {
+                    self.redis_leave(&room);
                     if let Some(seat) = self.seat.as_mut() {
                         if let Some(mask) = seat.remote.get_mut(&room) {
                             *mask &= !(1 << worker);
@@ -525,6 +560,23 @@ pub fn supervise(n: usize, reports: mpsc::Receiver<(usize, WorkerEnd)>) -> io::R
     Ok(())
 }
 
+/// The message a frame this server encoded carries: its kind and payload.
+fn frame_message(frame: &[u8]) -> (MessageKind, &[u8]) {
+    use crate::frame::{parse_header, Opcode, Parse};
+    match parse_header(frame) {
+        Ok(Parse::Complete(h)) => {
+            let kind = if h.opcode == Opcode::Text {
+                MessageKind::Text
+            } else {
+                MessageKind::Binary
+            };
+            (kind, &frame[h.header_len..])
+        }
+        // Not reached: a whole unmasked frame encoded by `shared_frame`.
+        _ => (MessageKind::Binary, &[]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,3 +650,4 @@ mod tests {
         assert!(supervise(1, rx).is_err());
     }
 }
+

@@ -1,6 +1,8 @@
 //! Test harness: starts the real `wsloop` binary on port 0 and talks to it over real sockets.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};

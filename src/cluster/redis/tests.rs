@@ -452,3 +452,22 @@ fn depth_scan_reads_headers_only() {
     assert_eq!(resp_depth(b"*2\r\n$9223372036854775807\r\n"), 1);
     assert_eq!(resp_depth("*1\r\n".repeat(10).as_bytes()), MAX_DEPTH + 1);
 }
+
+#[test]
+fn jittered_backoff_never_exceeds_the_cap_nor_drops_below_its_half() {
+    // Whatever the seed and however many failures, a retry waits at most BACKOFF_MAX: the
+    // cross-node recovery promise (within 3 s of Redis being back) rests on it.
+    for seed in 0..200u64 {
+        let mut l = RedisLink::new(settings(), NODE, seed, Instant::now());
+        for failures in 1..=64u32 {
+            let d = l.backoff(failures);
+            let full = (BACKOFF_MIN * (1u32 << (failures - 1).min(16))).min(BACKOFF_MAX);
+            assert!(
+                d <= full && d <= BACKOFF_MAX,
+                "seed {seed}, {failures}: {d:?}"
+            );
+            assert!(d >= full / 2, "seed {seed}, {failures}: {d:?}");
+        }
+        assert!(l.backoff(u32::MAX) <= BACKOFF_MAX);
+    }
+}
