@@ -465,3 +465,104 @@ fn read_frame_rsv(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
     s.read_exact(&mut p).unwrap();
     (h[0] & 0x80 != 0, h[0] & 0x7f, p)
 }
+
+/// `/stats` as JSON.
+fn stats_json(server: &TestServer) -> serde_json::Value {
+    serde_json::from_str(&stats(server)).expect("/stats is JSON")
+}
+
+/// Per worker: `key` of `/stats`'s `workers` list.
+fn per_worker(s: &serde_json::Value, key: &str) -> Vec<u64> {
+    s["workers"]
+        .as_array()
+        .expect("a workers list")
+        .iter()
+        .map(|w| w[key].as_u64().unwrap())
+        .collect()
+}
+
+/// Raw members of `room` until each of `workers` has one (the kernel spreads connections by
+/// address hash), and every worker knows every other has members; bounded.
+fn members_on_every_worker(server: &TestServer, room: &str, workers: usize) -> Vec<TcpStream> {
+    let path = format!("/room/{room}");
+    let mut members = Vec::new();
+    while members.len() < 64 {
+        members.push(server.ws_raw(&path));
+        let total = members.len() as u64;
+        let mut s = stats_json(server);
+        within(Duration::from_secs(2), || {
+            s = stats_json(server);
+            per_worker(&s, "websockets").iter().sum::<u64>() == total
+        });
+        if members.len() >= workers && per_worker(&s, "websockets").iter().all(|&n| n > 0) {
+            let others = workers as u64 - 1;
+            assert!(
+                within(Duration::from_secs(3), || per_worker(
+                    &stats_json(server),
+                    "room_replicas"
+                )
+                .iter()
+                .all(|&r| r == others)),
+                "room replicas never settled: {}",
+                stats(server)
+            );
+            return members;
+        }
+    }
+    panic!("64 members and still a worker without any");
+}
+
+fn raw_text(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (fin, op, payload) = read_frame(s).expect("a message");
+    assert!(
+        fin && op == 1,
+        "{op} {:?}",
+        String::from_utf8_lossy(&payload)
+    );
+    String::from_utf8(payload).unwrap()
+}
+
+fn raw_send(s: &mut TcpStream, text: &str) {
+    use std::io::Write as _;
+    s.write_all(&frame(true, 1, text.as_bytes())).unwrap();
+}
+
+#[test]
+fn with_workers_each_process_subscribes_once_and_members_everywhere_get_each_message_once() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port());
+    let prefix = prefix("workers");
+    let channel = format!("{prefix}:room:w");
+    let a = node(redis.port, &prefix, &["--workers", "3"]);
+    let b = node(redis.port, &prefix, &["--workers", "2"]);
+    let mut on_a = members_on_every_worker(&a, "w", 3);
+    let mut on_b = members_on_every_worker(&b, "w", 2);
+    // One subscriber per process: the workers share their process's link.
+    assert!(redis.wait_numsub(&channel, 2), "{}", redis.numsub(&channel));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(redis.numsub(&channel), 2, "a subscription per worker?");
+
+    // Every member but the sender, on both processes and every worker, gets each once, in
+    // order; the closing "end" shows nothing was doubled in between.
+    let (sender, rest_a) = on_a.split_first_mut().unwrap();
+    for m in ["a1", "a2", "end"] {
+        raw_send(sender, m);
+    }
+    for (i, member) in rest_a.iter_mut().chain(on_b.iter_mut()).enumerate() {
+        let got: Vec<String> = (0..3).map(|_| raw_text(member)).collect();
+        assert_eq!(got, ["a1", "a2", "end"], "member {i}");
+    }
+    // `POST /publish` on B, whichever worker answers it, reaches every member of A.
+    publish(&b, "w", "from-b");
+    for (i, member) in on_a.iter_mut().enumerate() {
+        assert_eq!(raw_text(member), "from-b", "member {i} of A");
+    }
+    for (i, member) in on_b.iter_mut().enumerate() {
+        assert_eq!(raw_text(member), "from-b", "member {i} of B");
+    }
+    assert_eq!(redis_count(&a, "dropped"), 0);
+    assert_eq!(redis_count(&b, "dropped"), 0);
+}

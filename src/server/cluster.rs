@@ -174,9 +174,11 @@ impl Server {
     }
 
     /// `,"redis":{...}` for `/stats`, empty without `--redis`.
+    /// The `"redis"` part of `/stats`: this worker's link, or (on another worker) what
+    /// worker 0, which holds the process's link, last published of it.
     pub(super) fn redis_json(&self) -> String {
         let Some(c) = &self.cluster else {
-            return String::new();
+            return self.first_worker_redis(|s| s.redis_json.clone());
         };
         let s = c.bridge.stats();
         format!(
@@ -198,8 +200,10 @@ impl Server {
     }
 
     /// The `wsloop_redis_*` families for `/metrics`, only with `--redis`.
+    /// The `wsloop_redis_*` families of `/metrics` (from worker 0 on other workers).
     pub(super) fn redis_metrics(&self, out: &mut String) {
         let Some(c) = &self.cluster else {
+            out.push_str(&self.first_worker_redis(|s| s.redis_metrics.clone()));
             return;
         };
         let s = c.bridge.stats();

@@ -88,6 +88,9 @@ pub(super) struct Snapshot {
     pub(super) rooms: Vec<(String, usize)>,
     /// (room, other worker) pairs this worker knows have members.
     pub(super) replicas: usize,
+    /// Worker 0 with `--redis`: the link's part of `/stats` and of `/metrics`.
+    pub(super) redis_json: String,
+    pub(super) redis_metrics: String,
 }
 
 /// The part of the server the workers share.
@@ -416,6 +419,11 @@ impl Server {
         snap.connections = self.clients.len();
         snap.websockets = self.websockets();
         snap.replicas = seat.remote.values().map(|m| m.count_ones() as usize).sum();
+        if self.cluster.is_some() {
+            snap.redis_json = self.redis_json();
+            snap.redis_metrics.clear();
+            self.redis_metrics(&mut snap.redis_metrics);
+        }
         let mut i = 0;
         for (name, n) in self.rooms.sizes() {
             match snap.rooms.get_mut(i) {
@@ -429,6 +437,13 @@ impl Server {
             i += 1;
         }
         snap.rooms.truncate(i);
+    }
+
+    /// What worker 0 last published about the Redis link (empty with one worker).
+    pub(super) fn first_worker_redis(&self, part: impl Fn(&Snapshot) -> String) -> String {
+        self.seat
+            .as_ref()
+            .map_or_else(String::new, |seat| part(&seat.hub.snapshot(0)))
     }
 
     /// This worker's own figures, fresh, in the form other workers publish theirs.
@@ -446,6 +461,7 @@ impl Server {
             replicas: self.seat.as_ref().map_or(0, |s| {
                 s.remote.values().map(|m| m.count_ones() as usize).sum()
             }),
+            ..Snapshot::default()
         }
     }
 
@@ -468,6 +484,7 @@ impl Server {
                             websockets: s.websockets,
                             rooms: s.rooms.clone(),
                             replicas: s.replicas,
+                            ..Snapshot::default()
                         }
                     };
                     (snap, hub.dropped(i))
@@ -650,4 +667,3 @@ mod tests {
         assert!(supervise(1, rx).is_err());
     }
 }
-
