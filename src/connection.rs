@@ -1644,7 +1644,8 @@ mod tests {
         assert_eq!(out.len(), 2 + 5 + 4 + 300);
         c.shrink();
         assert!(c.inbound.is_none());
-        assert!(c.out.is_empty() && c.out.len() == 0);
+        assert!(c.out.is_empty());
+        assert_eq!(c.out.len(), 0);
         // And it still works afterwards: a header split over reads.
         let mut frame = masked(true, Opcode::Text, b"again");
         let (a, b) = frame.split_at_mut(1);

@@ -364,7 +364,8 @@ mod tests {
         assert!(o.queue.is_some(), "a busy connection keeps its buffer");
         o.shrink();
         assert!(o.queue.is_none());
-        assert!(o.is_empty() && o.len() == 0);
+        assert!(o.is_empty());
+        assert_eq!(o.len(), 0);
         assert!(o.flush_to(&mut w).unwrap());
     }
 }

@@ -39,7 +39,7 @@ impl Server {
             large,
             program,
             ..
-        } = &mut **ws;
+        } = ws;
         let peer = client.peer;
         let room_echo = config.room_echo;
         let mut on = |c: &mut Connection, e: Event<'_>| match e {

@@ -67,7 +67,7 @@ impl Server {
                     program,
                     stdout_held,
                     ..
-                } = &mut **ws;
+                } = ws;
                 if let Some(p) = program {
                     match pipe {
                         exec::STDOUT => {

@@ -197,7 +197,10 @@ impl Server {
         head: &Head<'_>,
         own_scheme: &'static str,
     ) -> Result<&'static str, HandshakeError> {
-        let tcp_peer = self.clients[key].tcp_peer;
+        let tcp_peer = match &self.clients[key].phase {
+            Phase::Http(state) => state.tcp_peer,
+            _ => self.clients[key].peer,
+        };
         if !self.is_trusted_proxy(tcp_peer) {
             return Ok(own_scheme);
         }
