@@ -926,9 +926,11 @@ impl Server {
     /// so that memory follows activity: an idle connection costs a few hundred bytes.
     fn sweep(&mut self) {
         let mut any_active = false;
+        let mut quiet = 0usize;
         for (_, client) in self.clients.iter_mut() {
             any_active |= client.active;
             if !mem::take(&mut client.active) {
+                quiet += 1;
                 client.transport.shrink();
                 match &mut client.phase {
                     Phase::WebSocket(ws) => ws.conn.shrink(),
@@ -942,6 +944,9 @@ impl Server {
             if let Some(codec) = &self.deflate {
                 codec.release();
             }
+        }
+        if quiet > 0 {
+            debug!("sweep: {quiet} quiet connections gave back their spare buffers");
         }
         self.next_sweep = self.now + self.config.shrink_after;
     }
