@@ -49,7 +49,7 @@ impl Server {
                 stats.bytes_in += payload.len() as u64;
                 if let Some(out) = console_out.as_mut() {
                     let text = kind == MessageKind::Text;
-                    if !out.message(&peer, route.label(), text, &payload) {
+                    if !out.message(&peer.addr(), route.label(), text, &payload) {
                         stats.console_dropped += 1;
                     }
                 }
@@ -75,7 +75,7 @@ impl Server {
                     }
                 }
             }
-            other => log_event(peer, &other),
+            other => log_event(peer.addr(), &other),
         };
         match input {
             Input::Bytes(data) => conn.receive(data, now, &mut on),

@@ -36,6 +36,7 @@ mod compression;
 mod deadlines;
 mod listening;
 mod messaging;
+mod peer_addr;
 mod programs;
 mod protection;
 mod requests;
@@ -45,6 +46,7 @@ mod tls_port;
 
 use compression::Broadcast;
 use deadlines::{Deadlines, Stamp};
+use peer_addr::PeerAddr;
 use protection::Protection;
 use stats::Stats;
 use tls_port::TlsPort;
@@ -71,8 +73,9 @@ struct Client {
     /// The socket, and TLS on it if the port speaks TLS.
     transport: Transport,
     /// The client's address: the TCP peer's, or the one a trusted proxy forwarded for the
-    /// request being served (`--trusted-proxy`, or any peer on a Unix socket).
-    peer: SocketAddr,
+    /// request being served (`--trusted-proxy`, or any peer on a Unix socket). Compact: see
+    /// [`PeerAddr`] (`.addr()` gives the `SocketAddr`).
+    peer: PeerAddr,
     phase: Phase,
     /// The deadline this client has in the loop's timer heap. Its timers may have moved later
     /// since (activity pushes keepalive back); the entry then fires early and is re-armed, so
@@ -566,7 +569,7 @@ impl Server {
             let transport = self.transport_for(socket);
             let inserted = self.clients.insert(Client {
                 transport,
-                peer,
+                peer: peer.into(),
                 phase: Phase::Http(Box::new(HttpState::new(
                     peer,
                     self.now,
@@ -819,7 +822,7 @@ impl Server {
         if client.transport.shutdown_write().is_err() {
             return self.end(key);
         }
-        let peer = client.peer;
+        let peer = client.peer.addr();
         let traffic = (client.bytes_in, client.bytes_out);
         let until = Phase::Linger(self.now + self.config.close_timeout);
         if let Phase::WebSocket(ws) = mem::replace(&mut client.phase, until) {
@@ -967,9 +970,14 @@ impl Server {
             ),
             _ => {}
         }
-        self.release_peer(client.peer);
+        self.release_peer(client.peer.addr());
         if let Phase::WebSocket(ws) = client.phase {
-            self.retire(key, client.peer, (client.bytes_in, client.bytes_out), ws);
+            self.retire(
+                key,
+                client.peer.addr(),
+                (client.bytes_in, client.bytes_out),
+                ws,
+            );
         }
     }
 
@@ -1143,8 +1151,8 @@ mod tests {
             Vacant(usize),
             Occupied(Client),
         }
-        assert!(size_of::<Client>() <= 208 + DEBUG_EXTRA);
-        assert!(size_of::<Entry>() <= 208 + DEBUG_EXTRA);
+        assert!(size_of::<Client>() <= 200 + DEBUG_EXTRA);
+        assert!(size_of::<Entry>() <= 200 + DEBUG_EXTRA);
         assert!(size_of::<WebSocket>() <= 128);
         assert!(size_of::<Connection>() <= 80);
         assert_eq!(size_of::<Option<Stamp>>(), 4);

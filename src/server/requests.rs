@@ -59,7 +59,7 @@ impl Server {
                     let checked = self.forwarded_client(key, &head, own).and_then(|scheme| {
                         let t = target::parse(head.method, head.target)
                             .map_err(HandshakeError::BadTarget)?;
-                        self.check_origin(self.clients[key].peer, scheme, &head, &t)
+                        self.check_origin(self.clients[key].peer.addr(), scheme, &head, &t)
                     });
                     if let Err(e) = checked {
                         self.refuse(key, e);
