@@ -131,12 +131,10 @@ pub enum Expired {
     SendTimeout,
 }
 
-/// One WebSocket connection's protocol state.
-#[derive(Debug)]
-pub struct Connection {
-    role: Role,
-    state: State,
-    max_message: usize,
+/// What is kept only while a frame or message arrives in pieces, and the buffer kept for the
+/// next message: boxed, so that a connection between messages does not pay for it.
+#[derive(Debug, Default)]
+struct Inbound {
     header: [u8; MAX_HEADER_LEN],
     header_len: u8,
     frame: Option<PartialFrame>,
@@ -144,6 +142,27 @@ pub struct Connection {
     control: Vec<u8>,
     /// The buffer of the last assembled message, kept for the next one until [`Connection::shrink`].
     spare: Vec<u8>,
+}
+
+impl Inbound {
+    /// No frame, message or control payload is half received.
+    fn between_frames(&self) -> bool {
+        self.frame.is_none() && self.message.is_none() && self.header_len == 0
+    }
+}
+
+/// One WebSocket connection's protocol state.
+///
+/// Laid out for many idle connections: what only a message in progress needs (`inbound`),
+/// pending output (`out`) and compression state are boxed and exist only while used, so an
+/// idle connection is a few words (its size is pinned by a test).
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    state: State,
+    max_message: usize,
+    /// Allocated when a frame is split over reads (or a buffer is kept); see [`Inbound`].
+    inbound: Option<Box<Inbound>>,
     /// We closed of our own accord: messages the peer sent before it saw our close are still
     /// delivered (§7.1.2 lets an endpoint keep receiving until the peer's close arrives).
     receiving_after_close: bool,
@@ -166,12 +185,7 @@ impl Connection {
             role,
             state: State::Open,
             max_message,
-            header: [0; MAX_HEADER_LEN],
-            header_len: 0,
-            frame: None,
-            message: None,
-            control: Vec::new(),
-            spare: Vec::new(),
+            inbound: None,
             receiving_after_close: false,
             timers: TimerTable::new(Instant::now()),
             timeouts: None,
@@ -277,7 +291,13 @@ impl Connection {
 
     /// Gives back the buffers kept for reuse; the server calls it when the connection is quiet.
     pub fn shrink(&mut self) {
-        self.spare = Vec::new();
+        if let Some(i) = &mut self.inbound {
+            if i.between_frames() {
+                self.inbound = None;
+            } else {
+                i.spare = Vec::new();
+            }
+        }
         self.out.shrink();
         if let Some(d) = &mut self.deflate {
             d.release();
@@ -324,11 +344,15 @@ impl Connection {
             ) {
                 return;
             }
-            if let Some(frame) = self.frame {
-                pos += self.payload_piece(frame, &mut input[pos..], on);
-                continue;
+            let mut header_len = 0;
+            if let Some(i) = &self.inbound {
+                if let Some(frame) = i.frame {
+                    pos += self.payload_piece(frame, &mut input[pos..], on);
+                    continue;
+                }
+                header_len = i.header_len;
             }
-            let header = if self.header_len == 0 {
+            let header = if header_len == 0 {
                 match parse_header(&input[pos..]) {
                     Ok(Parse::Complete(h)) => {
                         pos += h.header_len;
@@ -336,25 +360,27 @@ impl Connection {
                     }
                     Ok(Parse::Partial) => {
                         let rest = &input[pos..];
-                        self.header[..rest.len()].copy_from_slice(rest);
-                        self.header_len = rest.len() as u8;
+                        let i = self.inbound();
+                        i.header[..rest.len()].copy_from_slice(rest);
+                        i.header_len = rest.len() as u8;
                         return;
                     }
                     Err(e) => return self.fail(e, None, on),
                 }
             } else {
                 // The header began in an earlier read: complete it from this one.
-                let have = self.header_len as usize;
+                let i = self.inbound();
+                let have = header_len as usize;
                 let take = (MAX_HEADER_LEN - have).min(input.len() - pos);
-                self.header[have..have + take].copy_from_slice(&input[pos..pos + take]);
-                match parse_header(&self.header[..have + take]) {
+                i.header[have..have + take].copy_from_slice(&input[pos..pos + take]);
+                match parse_header(&i.header[..have + take]) {
                     Ok(Parse::Complete(h)) => {
                         pos += h.header_len - have;
-                        self.header_len = 0;
+                        i.header_len = 0;
                         h
                     }
                     Ok(Parse::Partial) => {
-                        self.header_len = (have + take) as u8;
+                        i.header_len = (have + take) as u8;
                         pos += take;
                         continue;
                     }
@@ -398,7 +424,19 @@ impl Connection {
 
     /// True between frames: no header or payload is half read.
     pub fn at_frame_boundary(&self) -> bool {
-        self.frame.is_none() && self.header_len == 0
+        self.inbound
+            .as_ref()
+            .is_none_or(|i| i.frame.is_none() && i.header_len == 0)
+    }
+
+    /// The in-progress state, allocated on first use.
+    fn inbound(&mut self) -> &mut Inbound {
+        self.inbound.get_or_insert_with(Box::default)
+    }
+
+    /// The message being assembled, if any.
+    fn message(&self) -> Option<&Assembly> {
+        self.inbound.as_ref().and_then(|i| i.message.as_ref())
     }
 
     /// While a data frame with at least `threshold` more payload bytes is arriving: the buffer
@@ -409,12 +447,13 @@ impl Connection {
     /// The buffer grows with what has arrived (at most doubling), never by what the header
     /// announces: a 14-byte header must not make the server reserve `max_message` bytes.
     pub fn payload_room(&mut self, threshold: usize) -> Option<(&mut Vec<u8>, usize)> {
-        let frame = self.frame.as_ref()?;
+        let i = self.inbound.as_mut()?;
+        let frame = i.frame.as_ref()?;
         let left = frame.len - frame.done;
         if frame.skip || frame.opcode.is_control() || left < threshold as u64 {
             return None;
         }
-        let m = self.message.as_mut()?;
+        let m = i.message.as_mut()?;
         let left = left as usize;
         let spare = m.data.capacity() - m.data.len();
         if spare < threshold {
@@ -440,7 +479,10 @@ impl Connection {
     where
         F: FnMut(&mut Connection, Event<'_>),
     {
-        let (Some(mut frame), Some(m)) = (self.frame, self.message.as_mut()) else {
+        let Some(i) = self.inbound.as_mut() else {
+            return;
+        };
+        let (Some(mut frame), Some(m)) = (i.frame, i.message.as_mut()) else {
             return;
         };
         let n = n.min((frame.len - frame.done) as usize).min(m.data.len());
@@ -449,9 +491,10 @@ impl Connection {
         if let Some(key) = frame.mask {
             apply_mask(piece, key, frame.done as usize);
         }
+        let invalid = m.kind == MessageKind::Text && !m.compressed && m.utf8.feed(piece).is_err();
         frame.done += n as u64;
-        self.frame = Some(frame);
-        if m.kind == MessageKind::Text && !m.compressed && m.utf8.feed(piece).is_err() {
+        i.frame = Some(frame);
+        if invalid {
             return self.fail(ProtocolError::InvalidUtf8, None, on);
         }
         if frame.done == frame.len {
@@ -490,7 +533,7 @@ impl Connection {
         if self.state != State::Open && !self.receiving_after_close {
             return Ok(true);
         }
-        let so_far = match (&self.message, h.opcode) {
+        let so_far = match (self.message(), h.opcode) {
             (None, Opcode::Continuation) => return Err(ProtocolError::UnexpectedContinuation),
             (Some(_), Opcode::Text | Opcode::Binary) => {
                 return Err(ProtocolError::ExpectedContinuation)
@@ -569,7 +612,11 @@ impl Connection {
     /// A buffer to assemble or inflate a message in: the one kept from the last message, or
     /// one the outbox has finished writing.
     fn take_buffer(&mut self) -> Vec<u8> {
-        let data = mem::take(&mut self.spare);
+        let data = self
+            .inbound
+            .as_mut()
+            .map(|i| mem::take(&mut i.spare))
+            .unwrap_or_default();
         if data.capacity() == 0 {
             self.out.take_reclaimed()
         } else {
@@ -579,9 +626,10 @@ impl Connection {
 
     /// Keeps a message's buffer for the next one, unless it is large.
     fn keep_buffer(&mut self, mut data: Vec<u8>) {
-        if data.capacity() > self.spare.capacity() && data.capacity() <= KEEP_CAPACITY {
+        let kept = self.inbound.as_ref().map_or(0, |i| i.spare.capacity());
+        if data.capacity() > kept && data.capacity() <= KEEP_CAPACITY {
             data.clear();
-            self.spare = data;
+            self.inbound().spare = data;
         }
     }
 
@@ -610,7 +658,7 @@ impl Connection {
 
     /// `arrived`: payload bytes already at hand, the most the message buffer reserves now.
     fn start_frame(&mut self, h: &FrameHeader, skip: bool, arrived: usize) {
-        if !skip && !h.opcode.is_control() && self.message.is_none() {
+        if !skip && !h.opcode.is_control() && self.message().is_none() {
             let kind = if h.opcode == Opcode::Text {
                 MessageKind::Text
             } else {
@@ -618,14 +666,14 @@ impl Connection {
             };
             let mut data = self.take_buffer();
             data.reserve((h.len as usize).min(arrived));
-            self.message = Some(Assembly {
+            self.inbound().message = Some(Assembly {
                 kind,
                 data,
                 utf8: Utf8Validator::new(),
                 compressed: h.rsv != 0,
             });
         }
-        self.frame = Some(PartialFrame {
+        self.inbound().frame = Some(PartialFrame {
             opcode: h.opcode,
             fin: h.fin,
             mask: h.mask,
@@ -646,14 +694,15 @@ impl Connection {
             if let Some(key) = frame.mask {
                 apply_mask(piece, key, frame.done as usize);
             }
+            let i = self.inbound();
             if frame.opcode.is_control() {
-                self.control.extend_from_slice(piece);
-            } else if let Some(m) = &mut self.message {
+                i.control.extend_from_slice(piece);
+            } else if let Some(m) = &mut i.message {
                 // §8.1 with fail-fast: judge text as it arrives, not when the message ends
                 // (compressed text is judged as it is inflated).
                 if m.kind == MessageKind::Text && !m.compressed && m.utf8.feed(piece).is_err() {
                     frame.done += take as u64;
-                    self.frame = Some(frame);
+                    i.frame = Some(frame);
                     self.fail(ProtocolError::InvalidUtf8, None, on);
                     return take;
                 }
@@ -661,7 +710,7 @@ impl Connection {
             }
         }
         frame.done += take as u64;
-        self.frame = Some(frame);
+        self.inbound().frame = Some(frame);
         if frame.done == frame.len {
             self.end_frame(on);
         }
@@ -673,25 +722,25 @@ impl Connection {
     where
         F: FnMut(&mut Connection, Event<'_>),
     {
-        let Some(frame) = self.frame.take() else {
+        let Some(frame) = self.inbound.as_mut().and_then(|i| i.frame.take()) else {
             return;
         };
         if frame.skip {
             return;
         }
         if frame.opcode.is_control() {
-            let payload = mem::take(&mut self.control);
+            let payload = mem::take(&mut self.inbound().control);
             self.control_frame(frame.opcode, &payload, on);
             return;
         }
         if !frame.fin {
             return;
         }
-        let Some(mut m) = self.message.take() else {
+        let Some(mut m) = self.inbound.as_mut().and_then(|i| i.message.take()) else {
             return;
         };
         if m.compressed {
-            let mut out = mem::take(&mut self.spare);
+            let mut out = mem::take(&mut self.inbound().spare);
             self.deliver_inflated(m.kind, &m.data, &mut out, on);
             self.keep_buffer(out);
             self.keep_buffer(m.data);
@@ -706,7 +755,7 @@ impl Connection {
         );
         if m.data.capacity() > 0 && m.data.capacity() <= KEEP_CAPACITY {
             m.data.clear();
-            self.spare = m.data;
+            self.inbound().spare = m.data;
         }
     }
 
@@ -747,8 +796,10 @@ impl Connection {
                     }
                 }
                 self.state = State::Closed;
-                self.frame = None;
-                self.message = None;
+                if let Some(i) = &mut self.inbound {
+                    i.frame = None;
+                    i.message = None;
+                }
                 on(self, Event::Closed { code, reason });
             }
             _ => {}
@@ -771,12 +822,14 @@ impl Connection {
             // Our close is already out; the broken rule is still worth reporting.
             on(self, Event::Failed(e));
         }
-        self.message = None;
-        self.control.clear();
+        if let Some(i) = &mut self.inbound {
+            i.message = None;
+            i.control.clear();
+        }
         self.receiving_after_close = false;
         self.state = State::Closing { aligned };
         if let Some(h) = header {
-            self.frame = Some(PartialFrame {
+            self.inbound().frame = Some(PartialFrame {
                 opcode: h.opcode,
                 fin: h.fin,
                 mask: h.mask,
@@ -784,10 +837,12 @@ impl Connection {
                 done: 0,
                 skip: true,
             });
-        } else if let Some(f) = &mut self.frame {
-            f.skip = true;
-            if f.done == f.len {
-                self.frame = None;
+        } else if let Some(i) = &mut self.inbound {
+            if let Some(f) = &mut i.frame {
+                f.skip = true;
+                if f.done == f.len {
+                    i.frame = None;
+                }
             }
         }
     }
@@ -1561,6 +1616,44 @@ mod tests {
             "{} for {arrived}",
             buf.capacity()
         );
+    }
+
+    #[test]
+    fn a_quiet_connection_gives_back_its_message_state() {
+        let mut c = Connection::new(Role::Server, MAX);
+        let mut echo = |c: &mut Connection, e: Event<'_>| {
+            if let Event::Message(k, d) = e {
+                c.send_payload(k, d);
+            }
+        };
+        // A whole frame in one read needs no state of its own.
+        let mut whole = masked(true, Opcode::Text, b"hello");
+        c.receive(&mut whole, Instant::now(), &mut echo);
+        assert!(c.inbound.is_none());
+        // A frame split over reads does, until the sweep finds the connection quiet.
+        let frame = masked(true, Opcode::Binary, &[7u8; 300]);
+        let (a, b) = frame.split_at(100);
+        c.receive(&mut a.to_vec(), Instant::now(), &mut echo);
+        assert!(!c.at_frame_boundary());
+        c.shrink();
+        assert!(c.inbound.is_some(), "a frame in progress keeps its state");
+        c.receive(&mut b.to_vec(), Instant::now(), &mut echo);
+        assert!(c.at_frame_boundary());
+        let mut out = Vec::new();
+        assert!(c.out.flush_to(&mut out).unwrap());
+        assert_eq!(out.len(), 2 + 5 + 4 + 300);
+        c.shrink();
+        assert!(c.inbound.is_none());
+        assert!(c.out.is_empty());
+        assert_eq!(c.out.len(), 0);
+        // And it still works afterwards: a header split over reads.
+        let mut frame = masked(true, Opcode::Text, b"again");
+        let (a, b) = frame.split_at_mut(1);
+        c.receive(a, Instant::now(), &mut echo);
+        c.receive(b, Instant::now(), &mut echo);
+        let mut out = Vec::new();
+        c.out.flush_to(&mut out).unwrap();
+        assert_eq!(out, unmasked(Opcode::Text, b"again"));
     }
 }
 

@@ -22,32 +22,59 @@ pub enum Timer {
     Send,
 }
 
+/// Slots in a [`TimerTable`].
+const SLOTS: usize = 3;
+/// The slot shared by the timers that watch the peer (see [`TimerTable`]).
+const WATCH: usize = 0;
+
 impl Timer {
-    const COUNT: usize = 6;
-    const ALL: [Timer; Timer::COUNT] = [
-        Timer::Handshake,
-        Timer::Idle,
-        Timer::Ping,
-        Timer::PongDeadline,
-        Timer::Close,
-        Timer::Send,
-    ];
+    fn slot(self) -> usize {
+        match self {
+            Timer::Handshake | Timer::Idle | Timer::Ping | Timer::PongDeadline => WATCH,
+            Timer::Close => 1,
+            Timer::Send => 2,
+        }
+    }
 }
 
-/// Deadlines kept as whole milliseconds after `base` (0: not set), so that a connection's six
-/// timers cost 40 bytes rather than the 96 of six `Option<Instant>`. Deadlines are rounded up
+/// Deadlines kept as whole milliseconds after `base` (0: not set), so that a connection's
+/// timers cost 32 bytes rather than the 96 of six `Option<Instant>`. Deadlines are rounded up
 /// to the next millisecond, so a timer never fires before its time.
+///
+/// `Handshake`, `Idle`, `Ping` and `PongDeadline` share one slot, since a table never needs
+/// two of them at once: HTTP and WebSocket timers never meet in one table, a request head is
+/// either awaited or not (`Handshake` / `Idle`), and a ping is either due or out (`Ping` /
+/// `PongDeadline`). Setting one of them replaces whichever of them was set; stopping one
+/// that is not the one set does nothing.
 #[derive(Clone, Debug)]
 pub struct TimerTable {
     base: Instant,
-    at: [u32; Timer::COUNT],
+    at: [u32; SLOTS],
+    /// Which timer the shared slot holds.
+    watch: Timer,
 }
 
 impl TimerTable {
     pub fn new(now: Instant) -> Self {
         TimerTable {
             base: now,
-            at: [0; Timer::COUNT],
+            at: [0; SLOTS],
+            watch: Timer::Handshake,
+        }
+    }
+
+    /// The slot `timer` is kept in, if it holds `timer`.
+    fn slot_of(&self, timer: Timer) -> Option<usize> {
+        let slot = timer.slot();
+        (slot != WATCH || self.watch == timer).then_some(slot)
+    }
+
+    /// The timer a slot holds.
+    fn timer_in(&self, slot: usize) -> Timer {
+        match slot {
+            WATCH => self.watch,
+            1 => Timer::Close,
+            _ => Timer::Send,
         }
     }
 
@@ -61,22 +88,28 @@ impl TimerTable {
                 self.offset(at).unwrap_or(u32::MAX)
             }
         };
-        self.at[timer as usize] = ms;
+        let slot = timer.slot();
+        if slot == WATCH {
+            self.watch = timer;
+        }
+        self.at[slot] = ms;
     }
 
     pub fn stop(&mut self, timer: Timer) {
-        self.at[timer as usize] = 0;
+        if let Some(slot) = self.slot_of(timer) {
+            self.at[slot] = 0;
+        }
     }
 
     pub fn get(&self, timer: Timer) -> Option<Instant> {
-        match self.at[timer as usize] {
+        match self.at[self.slot_of(timer)?] {
             0 => None,
             ms => Some(self.base + Duration::from_millis(ms.into())),
         }
     }
 
     pub fn is_set(&self, timer: Timer) -> bool {
-        self.at[timer as usize] != 0
+        self.slot_of(timer).is_some_and(|slot| self.at[slot] != 0)
     }
 
     /// The earliest deadline set, if any.
@@ -94,7 +127,7 @@ impl TimerTable {
             .enumerate()
             .filter(|&(_, ms)| ms != 0)
             .min_by_key(|&(_, ms)| ms)?;
-        (self.base + Duration::from_millis(ms.into()) <= now).then_some(Timer::ALL[i])
+        (self.base + Duration::from_millis(ms.into()) <= now).then(|| self.timer_in(i))
     }
 
     /// Keeps [`Timer::Send`] at `timeout` after the last write that made progress, for as long
@@ -122,9 +155,13 @@ impl TimerTable {
     }
 
     fn rebase(&mut self, at: Instant) {
+        let deadline = |t: &TimerTable, slot: usize| match t.at[slot] {
+            0 => None,
+            ms => Some(t.base + Duration::from_millis(ms.into())),
+        };
         let mut base = at;
-        for t in Timer::ALL {
-            if let Some(d) = self.get(t) {
+        for slot in 0..SLOTS {
+            if let Some(d) = deadline(self, slot) {
                 base = base.min(d);
             }
         }
@@ -132,9 +169,9 @@ impl TimerTable {
         // One millisecond early, so that the earliest deadline keeps its exact value (an
         // offset of 0 would mean "not set").
         self.base = base.checked_sub(Duration::from_millis(1)).unwrap_or(base);
-        for t in Timer::ALL {
-            if let Some(d) = old.get(t) {
-                self.at[t as usize] = self.offset(d).unwrap_or(u32::MAX);
+        for slot in 0..SLOTS {
+            if let Some(d) = deadline(&old, slot) {
+                self.at[slot] = self.offset(d).unwrap_or(u32::MAX);
             }
         }
     }
@@ -189,6 +226,33 @@ mod tests {
             Some(t0 + month + Duration::from_secs(5))
         );
         assert_eq!(t.expired(t0 + month), Some(Timer::Ping));
+    }
+
+    #[test]
+    fn timers_that_exclude_each_other_share_a_slot() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut t = TimerTable::new(t0);
+        t.set(Timer::Ping, t0 + 30 * s);
+        t.set(Timer::Send, t0 + 20 * s);
+        // The ping goes out: its pong is awaited instead.
+        t.stop(Timer::Ping);
+        t.set(Timer::PongDeadline, t0 + 40 * s);
+        assert_eq!(t.get(Timer::Ping), None);
+        // Stopping the one not held leaves the other alone.
+        t.stop(Timer::Ping);
+        assert_eq!(t.get(Timer::PongDeadline), Some(t0 + 40 * s));
+        // Heard from the peer: the next ping replaces the pong deadline.
+        t.set(Timer::Ping, t0 + 50 * s);
+        assert!(!t.is_set(Timer::PongDeadline));
+        t.stop(Timer::PongDeadline);
+        assert_eq!(t.next(), Some(t0 + 20 * s));
+        assert_eq!(t.expired(t0 + 20 * s), Some(Timer::Send));
+        t.stop(Timer::Send);
+        assert_eq!(t.expired(t0 + 50 * s), Some(Timer::Ping));
+        t.set(Timer::Close, t0 + 45 * s);
+        assert_eq!(t.expired(t0 + 50 * s), Some(Timer::Close));
+        assert_eq!(std::mem::size_of::<TimerTable>(), 32);
     }
 
     #[test]

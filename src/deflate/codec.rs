@@ -72,9 +72,11 @@ pub struct PerMessage {
 enum Codec {
     /// Borrows the loop's state for each whole message (both ends reset every message).
     Shared(Rc<SharedCodec>),
-    /// Its own state, allocated on the first compressed message.
+    /// Its own state, allocated on the first compressed message. (`cfg` is boxed so that
+    /// the enum fits in 16 bytes and a shared-mode connection's `PerMessage` in a 32-byte
+    /// allocation.)
     Dedicated {
-        cfg: DeflateConfig,
+        cfg: Box<DeflateConfig>,
         own: Option<Box<Own>>,
     },
 }
@@ -103,7 +105,7 @@ impl PerMessage {
         let codec = match loop_codec.cfg.mode {
             DeflateMode::Shared => Codec::Shared(loop_codec.clone()),
             _ => Codec::Dedicated {
-                cfg: loop_codec.cfg,
+                cfg: Box::new(loop_codec.cfg),
                 own: None,
             },
         };
@@ -114,7 +116,10 @@ impl PerMessage {
     pub fn dedicated(agreed: Agreed, cfg: DeflateConfig) -> PerMessage {
         PerMessage {
             agreed,
-            codec: Codec::Dedicated { cfg, own: None },
+            codec: Codec::Dedicated {
+                cfg: Box::new(cfg),
+                own: None,
+            },
         }
     }
 
@@ -214,5 +219,18 @@ impl PerMessage {
                 .as_ref()
                 .is_some_and(|o| o.compressor.is_allocated() || o.inflater.is_allocated()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection that agreed on deflate holds a `Box<PerMessage>`: 24 bytes keep it
+    /// in the allocator's 32-byte class (idle memory, issue #10).
+    #[test]
+    fn a_connection_side_fits_a_small_allocation() {
+        assert_eq!(std::mem::size_of::<Codec>(), 16);
+        assert!(std::mem::size_of::<PerMessage>() <= 24);
     }
 }

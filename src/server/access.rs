@@ -66,8 +66,8 @@ impl Server {
         }
         let (bytes_in, bytes_out) = traffic;
         let close_code = ws.conn.close_sent().unwrap_or(1006);
-        let duration_ms = self.now.saturating_duration_since(ws.opened).as_millis() as u64;
-        let path = &*ws.path;
+        let duration_ms = self.since_start_ms().saturating_sub(ws.opened_ms);
+        let path = &*ws.path(&self.config);
         info!(
             target: ACCESS,
             peer:% = peer, method = "GET", path, websocket = true, close_code, duration_ms, bytes_in, bytes_out;

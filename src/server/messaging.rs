@@ -40,7 +40,7 @@ impl Server {
             large,
             program,
             ..
-        } = &mut **ws;
+        } = ws;
         let peer = client.peer;
         let room_echo = config.room_echo;
         let mut on = |c: &mut Connection, e: Event<'_>| match e {
@@ -50,7 +50,7 @@ impl Server {
                 stats.bytes_in += payload.len() as u64;
                 if let Some(out) = console_out.as_mut() {
                     let text = kind == MessageKind::Text;
-                    if !out.message(&peer, route.label(), text, &payload) {
+                    if !out.message(&peer.addr(), route.label(), text, &payload) {
                         stats.console_dropped += 1;
                     }
                 }
@@ -77,7 +77,7 @@ impl Server {
                     }
                 }
             }
-            other => log_event(peer, &other),
+            other => log_event(peer.addr(), &other),
         };
         match input {
             Input::Bytes(data) => conn.receive(data, now, &mut on),

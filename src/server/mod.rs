@@ -5,8 +5,6 @@
 //! by all connections; output is gathered per connection and written once per loop turn.
 
 use std::borrow::Cow;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::mem;
@@ -37,8 +35,10 @@ use crate::transport::Transport;
 mod access;
 mod cluster;
 mod compression;
+mod deadlines;
 mod listening;
 mod messaging;
+mod peer_addr;
 mod programs;
 mod protection;
 mod requests;
@@ -50,6 +50,8 @@ pub mod workers;
 
 use cluster::{Cluster, REDIS_PUB, REDIS_SUB};
 use compression::Broadcast;
+use deadlines::{Deadlines, Stamp};
+use peer_addr::PeerAddr;
 use protection::Protection;
 use room_programs::{RoomPrograms, ROOM_PROGRAM};
 use stats::Stats;
@@ -70,22 +72,23 @@ const DIRECT_READ_MIN: usize = 16 * 1024;
 /// Reads per readiness event before other connections get their turn.
 const READS_PER_TURN: usize = 8;
 
-/// One client connection as the loop sees it.
+/// One client connection as the loop sees it: the slab entry, with an open WebSocket inside
+/// it. Laid out for many idle connections (see the size test below): what only a busy
+/// connection needs is boxed further down, in `Connection`.
 struct Client {
     /// The socket, and TLS on it if the port speaks TLS.
     transport: Transport,
     /// The client's address: the TCP peer's, or the one a trusted proxy forwarded for the
-    /// request being served (`--trusted-proxy`, or any peer on a Unix socket).
-    peer: SocketAddr,
-    /// The TCP peer itself (`socket::UNIX_PEER` on a Unix socket).
-    tcp_peer: SocketAddr,
-    /// Distinguishes this client from a later one that reuses the slab key (for timers).
-    serial: u64,
+    /// request being served (`--trusted-proxy`, or any peer on a Unix socket). Compact: see
+    /// [`PeerAddr`] (`.addr()` gives the `SocketAddr`).
+    peer: PeerAddr,
     phase: Phase,
     /// The deadline this client has in the loop's timer heap. Its timers may have moved later
     /// since (activity pushes keepalive back); the entry then fires early and is re-armed, so
-    /// that a message never costs a heap operation.
-    armed: Option<Instant>,
+    /// that a message never costs a heap operation. An entry left by an earlier client with
+    /// the same slab key is told apart by its stamp differing from this one (if it is equal,
+    /// handling it is exactly what this client's own entry would do).
+    armed: Option<Stamp>,
     /// Already in the list of connections to flush this turn.
     queued: bool,
     /// Bytes arrived since the last idle sweep.
@@ -94,13 +97,9 @@ struct Client {
     paused: bool,
     /// The peer sent its FIN; the connection ends once what is queued for it is written.
     peer_closed: bool,
-    /// Fan-out messages skipped because this client was not reading (`--slow-consumer drop`).
-    slow_dropped: u64,
     /// Bytes read from and written to the socket, for the access log.
     bytes_in: u64,
     bytes_out: u64,
-    /// Plain HTTP on the TLS port: its request is answered with a redirect to `https://`.
-    to_https: bool,
 }
 
 impl Client {
@@ -140,13 +139,23 @@ impl Client {
 /// Where a connection stands: awaiting a request head (the handshake, or plain HTTP with
 /// keep-alive), open as a WebSocket (open → closing → closed inside `Connection`), or done
 /// and waiting (until the deadline) for the peer's FIN after ours.
+///
+/// The WebSocket is kept inline, since it is what nearly every connection is for: no box
+/// (allocator overhead and a pointer to chase per message). The HTTP state is boxed: it is
+/// larger and short-lived.
 enum Phase {
     Http(Box<HttpState>),
-    WebSocket(Box<WebSocket>),
+    WebSocket(WebSocket),
     Linger(Instant),
 }
 
 struct HttpState {
+    /// The TCP peer itself (`socket::UNIX_PEER` on a Unix socket): `Client::peer` may be the
+    /// address a trusted proxy forwarded for, judged anew for every request (and not needed
+    /// once the connection is a WebSocket).
+    tcp_peer: SocketAddr,
+    /// Plain HTTP on the TLS port: its request is answered with a redirect to `https://`.
+    to_https: bool,
     /// `Handshake` while a request head is awaited, `Idle` between keep-alive requests,
     /// `Send` while answers are stuck, `Close` once the peer has sent its FIN.
     timers: TimerTable,
@@ -166,11 +175,13 @@ struct HttpState {
 }
 
 impl HttpState {
-    /// A new connection: its first request head is due within `handshake`.
-    fn new(now: Instant, handshake: Duration) -> Self {
+    /// A new connection from `tcp_peer`: its first request head is due within `handshake`.
+    fn new(tcp_peer: SocketAddr, now: Instant, handshake: Duration) -> Self {
         let mut timers = TimerTable::new(now);
         timers.set(Timer::Handshake, now + handshake);
         HttpState {
+            tcp_peer,
+            to_https: false,
             timers,
             partial: Vec::new(),
             out: Outbox::new(),
@@ -215,9 +226,28 @@ struct WebSocket {
     program: Option<Box<Program>>,
     /// The program's stdout is left unread until the client drains its backlog to half.
     stdout_held: bool,
-    /// The upgrade's path and time, for the session's access line.
-    path: Box<str>,
-    opened: Instant,
+    /// Fan-out messages skipped because this client was not reading (`--slow-consumer drop`);
+    /// saturates (it only says how many in the end-of-connection log line).
+    slow_dropped: u32,
+    /// The upgrade's path was `/` (the route's own path otherwise): see [`WebSocket::path`].
+    at_root: bool,
+    /// When the upgrade was accepted, in milliseconds after the server started (for the
+    /// session's access line).
+    opened_ms: u64,
+}
+
+impl WebSocket {
+    /// The path of the upgrade request, for the access line: `route_for` matches paths
+    /// exactly, so the route (and whether it was reached at `/`) says what it was, and no
+    /// connection keeps a copy.
+    fn path<'a>(&'a self, config: &'a Config) -> Cow<'a, str> {
+        match (&self.route, self.at_root) {
+            (_, true) => Cow::Borrowed("/"),
+            (Route::Echo, false) => Cow::Borrowed("/echo"),
+            (Route::Room(name), false) => Cow::Owned(format!("/room/{name}")),
+            (Route::Exec, false) => Cow::Borrowed(&config.exec_route),
+        }
+    }
 }
 
 /// What a WebSocket connection is for, chosen by the path of its upgrade request.
@@ -253,14 +283,14 @@ pub struct Server {
     config: Config,
     www: WebRoot,
     clients: Slab<Client>,
-    serial: u64,
     /// The time of this loop turn: read once after `poll` returns and handed to every
     /// protocol call of the turn.
     now: Instant,
     timeouts: Rc<Timeouts>,
     /// The one read buffer.
     rbuf: Vec<u8>,
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// One entry per client with a deadline (see [`Client::armed`]).
+    timers: Deadlines,
     /// Clients with output gathered this turn.
     to_flush: Vec<usize>,
     /// Clients whose read budget ran out with bytes maybe still waiting.
@@ -359,10 +389,9 @@ impl Server {
             config,
             www,
             clients: Slab::new(),
-            serial: 0,
             now: Instant::now(),
             timeouts,
-            timers: BinaryHeap::new(),
+            timers: Deadlines::new(Instant::now()),
             to_flush: Vec::new(),
             to_read: Vec::new(),
             working: Vec::new(),
@@ -393,6 +422,12 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// This loop turn's time as milliseconds since the server started.
+    fn since_start_ms(&self) -> u64 {
+        let ms = self.now.saturating_duration_since(self.started).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX)
     }
 
     /// Runs the loop until stopped by a signal.
@@ -521,8 +556,8 @@ impl Server {
     /// The earliest moment the loop has something to do without an event.
     fn next_wakeup(&self) -> Instant {
         let mut next = self.next_sweep;
-        if let Some(Reverse((at, _, _))) = self.timers.peek() {
-            next = next.min(*at);
+        if let Some(at) = self.timers.next() {
+            next = next.min(at);
         }
         if let Some(at) = self.next_push {
             next = next.min(at);
@@ -590,14 +625,12 @@ impl Server {
                 warn!("{peer}: register failed: {e}");
                 continue;
             }
-            self.serial += 1;
             let transport = self.transport_for(socket);
             let inserted = self.clients.insert(Client {
                 transport,
-                peer,
-                tcp_peer: peer,
-                serial: self.serial,
+                peer: peer.into(),
                 phase: Phase::Http(Box::new(HttpState::new(
+                    peer,
                     self.now,
                     self.config.handshake_timeout,
                 ))),
@@ -606,10 +639,8 @@ impl Server {
                 active: true,
                 paused: false,
                 peer_closed: false,
-                slow_dropped: 0,
                 bytes_in: 0,
                 bytes_out: 0,
-                to_https: false,
             });
             debug_assert_eq!(inserted, key);
             self.arm(key);
@@ -862,7 +893,7 @@ impl Server {
         if client.transport.shutdown_write().is_err() {
             return self.end(key);
         }
-        let peer = client.peer;
+        let peer = client.peer.addr();
         let traffic = (client.bytes_in, client.bytes_out);
         let until = Phase::Linger(self.now + self.config.close_timeout);
         if let Phase::WebSocket(ws) = mem::replace(&mut client.phase, until) {
@@ -877,23 +908,25 @@ impl Server {
             return;
         };
         if let Some(at) = client.poll_timeout() {
+            let at = self.timers.stamp(at);
             if client.armed.is_none_or(|armed| at < armed) {
                 client.armed = Some(at);
-                self.timers.push(Reverse((at, key, client.serial)));
+                self.timers.push(at, key);
             }
         }
     }
 
     fn expire_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((at, key, serial))) = self.timers.peek() {
-            if at > now {
-                break;
+        if let Some(rebase) = self.timers.rebase(now) {
+            for (_, client) in self.clients.iter_mut() {
+                client.armed = client.armed.map(|s| rebase.apply(s));
             }
-            self.timers.pop();
+        }
+        while let Some((at, key)) = self.timers.pop_due(now) {
             let Some(client) = self.clients.get_mut(key) else {
                 continue;
             };
-            if client.serial != serial || client.armed != Some(at) {
+            if client.armed != Some(at) {
                 continue;
             }
             client.armed = None;
@@ -964,12 +997,14 @@ impl Server {
     }
 
     /// Connections that received nothing since the last sweep give back their spare buffers,
-    /// so that memory follows activity: an idle connection costs a few hundred bytes.
+    /// so that memory follows activity: an idle connection costs about 0.2 KiB.
     fn sweep(&mut self) {
         let mut any_active = false;
+        let mut quiet = 0usize;
         for (_, client) in self.clients.iter_mut() {
             any_active |= client.active;
             if !mem::take(&mut client.active) {
+                quiet += 1;
                 client.transport.shrink();
                 match &mut client.phase {
                     Phase::WebSocket(ws) => ws.conn.shrink(),
@@ -984,6 +1019,9 @@ impl Server {
                 codec.release();
             }
         }
+        if quiet > 0 {
+            debug!("sweep: {quiet} quiet connections gave back their spare buffers");
+        }
         self.next_sweep = self.now + self.config.shrink_after;
     }
 
@@ -996,29 +1034,35 @@ impl Server {
             .poll
             .registry()
             .deregister(&mut client.transport.socket);
-        if client.slow_dropped > 0 {
-            info!(
+        match &client.phase {
+            Phase::WebSocket(ws) if ws.slow_dropped > 0 => info!(
                 "{}: ended; {} messages were dropped for it as a slow consumer",
-                client.peer, client.slow_dropped
-            );
+                client.peer, ws.slow_dropped
+            ),
+            _ => {}
         }
-        self.release_peer(client.peer);
+        self.release_peer(client.peer.addr());
         if let Phase::WebSocket(ws) = client.phase {
-            self.retire(key, client.peer, (client.bytes_in, client.bytes_out), ws);
+            self.retire(
+                key,
+                client.peer.addr(),
+                (client.bytes_in, client.bytes_out),
+                ws,
+            );
         }
     }
 
     /// A WebSocket is over (ended, or only waiting for the peer's FIN): it leaves its room,
     /// and its program, if still running, is told to end and is reaped later.
     /// `traffic`: the connection's bytes in and out, for the access line.
-    fn retire(&mut self, key: usize, peer: SocketAddr, traffic: (u64, u64), ws: Box<WebSocket>) {
+    fn retire(&mut self, key: usize, peer: SocketAddr, traffic: (u64, u64), ws: WebSocket) {
         self.access_websocket(peer, traffic, &ws);
         let WebSocket {
             conn,
             route,
             program,
             ..
-        } = *ws;
+        } = ws;
         if let Some(code) = conn.close_sent() {
             self.stats.closes.add(code);
         }
@@ -1127,14 +1171,14 @@ fn slow_consumer(
             }
         }
         SlowConsumer::Drop => {
-            if client.slow_dropped == 0 {
+            if ws.slow_dropped == 0 {
                 info!(
                     "{}: slow consumer, {} bytes unsent: dropping messages for it",
                     client.peer,
                     ws.conn.out.len()
                 );
             }
-            client.slow_dropped += 1;
+            ws.slow_dropped = ws.slow_dropped.saturating_add(1);
             stats.slow_dropped += 1;
         }
     }
@@ -1152,5 +1196,41 @@ fn log_event(peer: SocketAddr, e: &Event<'_>) {
         Event::Failed(err) => info!("{peer}: {err}: closing with {}", err.close_code()),
         Event::Closed { code, reason } => debug!("{peer}: closed by peer ({code:?} {reason:?})"),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// In debug builds mio keeps a selector id beside each socket (16 bytes more per stream).
+    const DEBUG_EXTRA: usize = if cfg!(debug_assertions) { 16 } else { 0 };
+
+    /// An idle connection's memory is its slab entry and its timer-heap entry (issue #10:
+    /// at most 0.25 KiB per idle connection at 10 000 connections): these pin the layout so
+    /// that it cannot silently grow back. Raise them only with a measurement (README).
+    #[test]
+    fn an_idle_connection_stays_small() {
+        eprintln!(
+            "Client {}, WebSocket {}, Connection {}, Transport {}, HttpState {}",
+            size_of::<Client>(),
+            size_of::<WebSocket>(),
+            size_of::<Connection>(),
+            size_of::<Transport>(),
+            size_of::<HttpState>(),
+        );
+        // slab's entry is `enum Entry<T> { Vacant(usize), Occupied(T) }`.
+        #[allow(dead_code, clippy::large_enum_variant)]
+        enum Entry {
+            Vacant(usize),
+            Occupied(Client),
+        }
+        assert!(size_of::<Client>() <= 200 + DEBUG_EXTRA);
+        assert!(size_of::<Entry>() <= 200 + DEBUG_EXTRA);
+        assert!(size_of::<WebSocket>() <= 128);
+        assert!(size_of::<Connection>() <= 80);
+        assert_eq!(size_of::<Option<Stamp>>(), 4);
+        assert_eq!(size_of::<Outbox>(), 8);
     }
 }

@@ -23,7 +23,7 @@ impl Server {
             .clone()
             .ok_or(HandshakeError::UnknownPath)?;
         let info = RequestInfo {
-            remote: Some(self.clients[key].peer),
+            remote: Some(self.clients[key].peer.addr()),
             path: head.path().to_string(),
             query: head.query().to_string(),
             uri: head.target.to_string(),
@@ -67,7 +67,7 @@ impl Server {
                     program,
                     stdout_held,
                     ..
-                } = &mut **ws;
+                } = ws;
                 if let Some(p) = program {
                     match pipe {
                         exec::STDOUT => {

@@ -197,7 +197,10 @@ impl Server {
         head: &Head<'_>,
         own_scheme: &'static str,
     ) -> Result<&'static str, HandshakeError> {
-        let tcp_peer = self.clients[key].tcp_peer;
+        let tcp_peer = match &self.clients[key].phase {
+            Phase::Http(state) => state.tcp_peer,
+            _ => self.clients[key].peer.addr(),
+        };
         if !self.is_trusted_proxy(tcp_peer) {
             return Ok(own_scheme);
         }
@@ -213,11 +216,11 @@ impl Server {
             x_forwarded_proto: &xfp,
         };
         let found = forwarded::behind_proxy(tcp_peer, &self.config.trusted_proxies, &headers);
-        let old = self.clients[key].peer;
+        let old = self.clients[key].peer.addr();
         if found.addr != old {
             debug!("{tcp_peer}: forwarded for {}", found.addr);
             self.release_peer(old);
-            self.clients[key].peer = found.addr;
+            self.clients[key].peer = found.addr.into();
             if let Some(max) = self.config.max_per_ip {
                 let open = self.protection.per_ip.get(&address(found.addr)).copied();
                 if open.unwrap_or(0) >= max {

@@ -51,7 +51,7 @@ impl Server {
                         self.refuse(key, HandshakeError::MissingHost);
                         break None;
                     }
-                    if self.clients[key].to_https {
+                    if matches!(&self.clients[key].phase, Phase::Http(s) if s.to_https) {
                         self.redirect_to_https(key, &head);
                         break None;
                     }
@@ -59,7 +59,7 @@ impl Server {
                     let checked = self.forwarded_client(key, &head, own).and_then(|scheme| {
                         let t = target::parse(head.method, head.target)
                             .map_err(HandshakeError::BadTarget)?;
-                        self.check_origin(self.clients[key].peer, scheme, &head, &t)
+                        self.check_origin(self.clients[key].peer.addr(), scheme, &head, &t)
                     });
                     if let Err(e) = checked {
                         self.refuse(key, e);
@@ -574,15 +574,19 @@ impl Server {
             "{}: WebSocket open on {} ({:?}, deflate {:?})",
             client.peer, head.target, accepted.protocol, deflate
         );
-        client.phase = Phase::WebSocket(Box::new(WebSocket {
+        let ws = WebSocket {
             conn,
             route: route.clone(),
             large: false,
             program,
             stdout_held: false,
-            path: head.path().into(),
-            opened: self.now,
-        }));
+            slow_dropped: 0,
+            at_root: head.path() == "/",
+            opened_ms: self.since_start_ms(),
+        };
+        debug_assert_eq!(ws.path(&self.config), head.path());
+        let client = &mut self.clients[key];
+        client.phase = Phase::WebSocket(ws);
         self.queue_flush(key);
         if let Route::Room(name) = &route {
             let n = self.rooms.join(name, key);

@@ -86,8 +86,10 @@ impl Server {
                 true
             }
             Ok(Sniffed::Plain) => {
-                if !self.config.tls_allow_plain {
-                    client.to_https = true;
+                if let (false, Phase::Http(state)) =
+                    (self.config.tls_allow_plain, &mut client.phase)
+                {
+                    state.to_https = true;
                 }
                 debug!("{}: plain HTTP on the TLS port", client.peer);
                 true
