@@ -612,6 +612,7 @@ mod tests {
                 Note::Room {
                     room: room.clone(),
                     frame: frame(&[i]),
+                    publish: false,
                 },
             );
         }
