@@ -566,3 +566,102 @@ fn with_workers_each_process_subscribes_once_and_members_everywhere_get_each_mes
     assert_eq!(redis_count(&a, "dropped"), 0);
     assert_eq!(redis_count(&b, "dropped"), 0);
 }
+
+/// A room program for the lease test: greets with its PID, then answers each line with
+/// `got:LINE`.
+fn room_program() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsloop-cluster-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("program.sh");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\necho \"started $$\"\nwhile IFS= read -r line; do echo \"got:$line\"; done\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The room programs a node runs now.
+fn programs_of(server: &TestServer) -> Vec<u32> {
+    children_of(server.child.id())
+}
+
+#[test]
+fn a_room_program_runs_on_one_node_members_everywhere_hear_it_and_it_moves_when_its_node_empties() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port());
+    let prefix = prefix("room-exec");
+    let spec = format!("chat={}", room_program().display());
+    let extra = [
+        "--room-exec",
+        &spec,
+        "--room-exec-grace",
+        "300ms",
+        "--room-exec-lease-retry",
+        "200ms",
+    ];
+    let (a, b) = (
+        node(redis.port, &prefix, &extra),
+        node(redis.port, &prefix, &extra),
+    );
+    assert!(within(Duration::from_secs(5), || connected(&a) && connected(&b)));
+
+    // A's member is first: A takes the lease and runs the program.
+    let mut a1 = a.ws_raw("/room/chat");
+    let first: u32 = raw_text(&mut a1)
+        .strip_prefix("started ")
+        .expect("the program's greeting")
+        .parse()
+        .unwrap();
+    assert_eq!(programs_of(&a), [first]);
+    // B's member joins: B asks for the lease again and again and never gets it.
+    let mut b1 = b.ws_raw("/room/chat");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        programs_of(&b),
+        Vec::<u32>::new(),
+        "two nodes run the program"
+    );
+    assert_eq!(programs_of(&a), [first]);
+
+    // B's member speaks: A's member hears it, the program on A hears it once, and its answer
+    // reaches both members once.
+    raw_send(&mut b1, "hi");
+    assert_eq!(raw_text(&mut a1), "hi");
+    assert_eq!(raw_text(&mut a1), "got:hi");
+    assert_eq!(raw_text(&mut b1), "got:hi");
+    // And A's member: the answer, once each, in order after the message itself.
+    raw_send(&mut a1, "yo");
+    assert_eq!(raw_text(&mut b1), "yo");
+    assert_eq!(raw_text(&mut b1), "got:yo");
+    assert_eq!(raw_text(&mut a1), "got:yo");
+
+    // A's member leaves: A ends its program after the grace period and releases the lease;
+    // B, which still has a member, takes it and starts its own.
+    drop(a1);
+    let second: u32 = raw_text(&mut b1)
+        .strip_prefix("started ")
+        .expect("the program's greeting from B")
+        .parse()
+        .unwrap();
+    assert_ne!(first, second);
+    assert!(
+        gone_within(first, Duration::from_secs(5)),
+        "A's program lives on"
+    );
+    assert_eq!(programs_of(&b), [second]);
+    assert_eq!(programs_of(&a), Vec::<u32>::new());
+    raw_send(&mut b1, "again");
+    assert_eq!(raw_text(&mut b1), "got:again");
+
+    // The last member leaves: no program anywhere.
+    drop(b1);
+    assert!(
+        gone_within(second, Duration::from_secs(5)),
+        "B's program lives on"
+    );
+}

@@ -153,6 +153,36 @@ impl RedisBridge {
         self.link.rooms().count()
     }
 
+    /// `--room-exec`: a lease command (see [`RedisLink::lease`]); false when not sent.
+    pub fn lease(
+        &mut self,
+        op: crate::cluster::lease::LeaseOp,
+        room: &str,
+        ttl: std::time::Duration,
+        now: Instant,
+    ) -> bool {
+        let sent = self.link.lease(op, room, ttl);
+        self.drive(now);
+        sent
+    }
+
+    /// `--room-exec`: this node runs `room`'s program; members elsewhere reach it.
+    pub fn subscribe_input(&mut self, room: &str, now: Instant) {
+        self.link.subscribe_input(room);
+        self.drive(now);
+    }
+
+    pub fn unsubscribe_input(&mut self, room: &str, now: Instant) {
+        self.link.unsubscribe_input(room);
+        self.drive(now);
+    }
+
+    /// `--room-exec`: a local member's message for a program running on another node; it
+    /// goes out with this turn's publishes ([`RedisBridge::flush`]). False when dropped.
+    pub fn queue_publish_input(&mut self, room: &str, kind: MessageKind, payload: &[u8]) -> bool {
+        self.link.publish_input(room, kind, payload)
+    }
+
     pub fn stats(&self) -> RedisStats {
         self.link.stats()
     }

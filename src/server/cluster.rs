@@ -12,6 +12,7 @@
 
 use super::*;
 use crate::cluster::envelope::random_node_id;
+use crate::cluster::lease::{LeaseEvent, LeaseSettings, Leases};
 use crate::cluster::redis::{Event as LinkEvent, Settings};
 use crate::cluster::RedisBridge;
 
@@ -28,6 +29,9 @@ pub(super) struct Cluster {
     failures: u64,
     /// Something was queued for Redis this turn.
     dirty: bool,
+    /// `--room-exec`: the rooms whose program this node wants to run, and their leases
+    /// (a program runs on the one node holding its room's lease; see README).
+    leases: Leases,
 }
 
 impl Cluster {
@@ -57,6 +61,7 @@ impl Cluster {
             up: false,
             failures: 0,
             dirty: false,
+            leases: Leases::new(LeaseSettings::from_config(config)),
         }))
     }
 }
@@ -73,13 +78,18 @@ impl Server {
 
     /// When the bridge next needs [`Server::redis_timeout`].
     pub(super) fn redis_deadline(&self) -> Option<Instant> {
-        self.cluster.as_ref()?.bridge.poll_timeout()
+        let c = self.cluster.as_ref()?;
+        match (c.bridge.poll_timeout(), c.leases.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The bridge's timer (connect, backoff, PING) is due, or it has bytes left to read.
     pub(super) fn redis_timeout(&mut self, now: Instant) {
         if let Some(c) = self.cluster.as_mut() {
             c.bridge.handle_timeout(now);
+            c.leases.handle_timeout(now);
         }
         self.redis_events();
     }
@@ -136,8 +146,16 @@ impl Server {
                     let workers = self.room_delivered(&room, &frame, false);
                     debug!("redis: message for {room} to {n} local members, {workers} workers");
                 }
-                // Room programs' leases and input: not wired to the loop yet.
-                LinkEvent::Lease { .. } | LinkEvent::Input { .. } => {}
+                LinkEvent::Lease { op, room, granted } => {
+                    let now = self.now;
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.leases.on_reply(op, &room, granted, now);
+                    }
+                }
+                // A member on another node spoke to the program of a room, which runs here.
+                LinkEvent::Input { room, payload, .. } => {
+                    self.room_programs.send_line(&room, &payload);
+                }
                 LinkEvent::Up => {
                     let Some(c) = self.cluster.as_mut() else {
                         return;
@@ -151,9 +169,11 @@ impl Server {
                     );
                 }
                 LinkEvent::Down { error, retry_in } => {
+                    let now = self.now;
                     let Some(c) = self.cluster.as_mut() else {
                         return;
                     };
+                    c.leases.link_down(now);
                     c.failures += 1;
                     if mem::take(&mut c.up) {
                         warn!(
@@ -171,6 +191,7 @@ impl Server {
                 }
             }
         }
+        self.redis_leases();
     }
 
     /// `,"redis":{...}` for `/stats`, empty without `--redis`.
@@ -273,6 +294,87 @@ impl Server {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
+        }
+    }
+}
+
+impl Server {
+    /// `--redis` and `--room-exec`: a member joined `room` here and its program does not run
+    /// here; the node asks for the room's lease (the program starts when it is granted).
+    /// False without `--redis`: the program is started at once, as on one node.
+    pub(super) fn want_room_program(&mut self, room: &str) -> bool {
+        let now = self.now;
+        let Some(c) = self.cluster.as_mut() else {
+            return false;
+        };
+        c.leases.want(room, now);
+        self.redis_leases();
+        true
+    }
+
+    /// The room's program is not wanted here any more (no member left, or its grace period
+    /// ended): a held lease is released for another node to take.
+    pub(super) fn unwant_room_program(&mut self, room: &str) {
+        let now = self.now;
+        if let Some(c) = self.cluster.as_mut() {
+            c.leases.unwant(room);
+            c.bridge.unsubscribe_input(room, now);
+        }
+        self.redis_leases();
+    }
+
+    /// A member's message for `room`'s program, which runs on another node (the lease is
+    /// elsewhere): it goes there through the room's input channel. False without `--redis`.
+    pub(super) fn redis_program_input(&mut self, room: &str, kind: MessageKind, payload: &[u8]) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.bridge.queue_publish_input(room, kind, payload);
+            c.dirty = true;
+        }
+    }
+
+    /// Puts the leases' commands on the link and acts on what they decided: a lease granted
+    /// starts the room's program here, a lease lost kills it at once (so that two nodes never
+    /// both run it; see `cluster::lease`).
+    fn redis_leases(&mut self) {
+        let now = self.now;
+        let ttl = self.config.room_exec_lease;
+        loop {
+            let Some(c) = self.cluster.as_mut() else {
+                return;
+            };
+            while let Some((op, room)) = c.leases.poll_command() {
+                if !c.bridge.lease(op, &room, ttl, now) {
+                    c.leases.unsent(op, &room, now);
+                }
+            }
+            let Some(event) = c.leases.poll_event() else {
+                return;
+            };
+            match event {
+                LeaseEvent::Acquired(room) => {
+                    let name: Rc<str> = room.as_str().into();
+                    match self.start_room_program(&name) {
+                        Ok(()) => {
+                            info!("room {room}: this node holds the program's lease");
+                            if let Some(c) = self.cluster.as_mut() {
+                                c.bridge.subscribe_input(&room, now);
+                            }
+                        }
+                        Err(_) => {
+                            if let Some(c) = self.cluster.as_mut() {
+                                c.leases.unwant(&room);
+                            }
+                        }
+                    }
+                }
+                LeaseEvent::Lost(room) => {
+                    warn!("room {room}: the program's lease is lost; program killed here");
+                    self.kill_room_program(&room);
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.bridge.unsubscribe_input(&room, now);
+                    }
+                }
+            }
         }
     }
 }

@@ -101,6 +101,14 @@ impl Server {
                 for message in &mut frames {
                     self.deliver_message(&name, Some(key), message);
                     self.room_delivered(&name, message.plain(), true);
+                    if self.cluster.is_some()
+                        && !self.room_programs.runs(&name)
+                        && self.config.room_exec.iter().any(|r| *r.room == *name)
+                    {
+                        // Its program runs on the node holding the lease.
+                        let (kind, payload) = workers::frame_message(message.plain());
+                        self.redis_program_input(&name, kind, payload);
+                    }
                 }
             }
             frames.clear();

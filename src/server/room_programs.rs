@@ -44,6 +44,11 @@ impl RoomPrograms {
             .map_or(0, |&slot| self.running[slot].program.stdin_backlog())
     }
 
+    /// Whether `room`'s program runs here.
+    pub(super) fn runs(&self, room: &str) -> bool {
+        !self.by_room.is_empty() && self.by_room.contains_key(room)
+    }
+
     /// A member's message: one line on the room program's stdin, if the room has one.
     pub(super) fn send_line(&mut self, room: &str, line: &[u8]) {
         if self.by_room.is_empty() {
@@ -79,6 +84,10 @@ impl Server {
             return Ok(());
         }
         if !self.config.room_exec.iter().any(|r| *r.room == **room) {
+            return Ok(());
+        }
+        if self.want_room_program(room) {
+            // `--redis`: it starts here only if this node gets the room's lease.
             return Ok(());
         }
         self.start_room_program(room)
@@ -148,6 +157,10 @@ impl Server {
             return;
         }
         let Some(&slot) = self.room_programs.by_room.get(room) else {
+            // `--redis`: it runs elsewhere, or this node was still asking for its lease.
+            if self.config.room_exec.iter().any(|r| *r.room == *room) {
+                self.unwant_room_program(room);
+            }
             return;
         };
         let r = &mut self.room_programs.running[slot];
@@ -198,6 +211,7 @@ impl Server {
             );
             self.endings
                 .push(r.program.detach(now, self.config.exec_grace));
+            self.unwant_room_program(&r.room);
         }
     }
 
@@ -301,9 +315,10 @@ impl Server {
             let text = String::from_utf8_lossy(&lines[start..end]);
             start = end;
             let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
-            // With `--redis`, the line is also published to the room's channel (one publish,
-            // as for a member's message), for the members on other nodes.
-            self.deliver_message(&name, None, &mut Broadcast::new(frame));
+            self.deliver_message(&name, None, &mut Broadcast::new(frame.clone()));
+            // Members on other workers and, with `--redis`, on other nodes (one publish, as
+            // for a member's message).
+            self.room_delivered(&name, &frame, true);
         }
         self.room_programs.lines = lines;
         self.room_programs.ends = ends;

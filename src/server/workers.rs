@@ -578,7 +578,7 @@ pub fn supervise(n: usize, reports: mpsc::Receiver<(usize, WorkerEnd)>) -> io::R
 }
 
 /// The message a frame this server encoded carries: its kind and payload.
-fn frame_message(frame: &[u8]) -> (MessageKind, &[u8]) {
+pub(super) fn frame_message(frame: &[u8]) -> (MessageKind, &[u8]) {
     use crate::frame::{parse_header, Opcode, Parse};
     match parse_header(frame) {
         Ok(Parse::Complete(h)) => {
