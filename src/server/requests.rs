@@ -411,7 +411,7 @@ impl Server {
                 let _ = write!(
                     json,
                     "{sep}{{\"worker\":{i},\"connections\":{},\"websockets\":{},\"http\":{},\"closing\":{},\"rooms\":{},\"room_replicas\":{},\
-                     \"messages_in\":{},\"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"dropped\":{},\"inbox_dropped\":{dropped}}}",
+                     \"messages_in\":{},\"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"dropped\":{},\"inbox_dropped\":{dropped},\"children\":{}}}",
                     w.connections,
                     w.websockets,
                     w.gauges.http,
@@ -423,6 +423,7 @@ impl Server {
                     w.stats.bytes_in,
                     w.stats.bytes_out,
                     w.stats.slow_dropped,
+                    w.gauges.children,
                 );
             }
             json.push(']');

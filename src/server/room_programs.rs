@@ -4,10 +4,17 @@
 //! its stdin. A program that exits while members remain closes them (1000 after a zero exit
 //! status, 1011 otherwise), as `--exec` closes its one client: restarting could replay a
 //! program's start-up output into a conversation that already had it.
+//!
+//! With `--workers N`, a room's program runs on one worker only, its owner ([`owner_of`]),
+//! while the room has members on any worker (its own, or those its replica knows of from
+//! `Joined`/`Left` notes). Members' messages on the other workers reach it as `RoomInput`
+//! notes; its lines reach them as room messages; its end closes members everywhere.
 
 use std::collections::HashMap;
 
+use super::workers::{Hub, Note};
 use super::*;
+use crate::config::RoomExec;
 
 /// Set in the tokens of room programs' pipes: a client's token is its slab key shifted by
 /// [`TOKEN_SHIFT`], far below this bit, and the loop's own tokens sit at the top of the range,
@@ -25,6 +32,30 @@ pub(super) struct RoomPrograms {
     ends: Vec<usize>,
     /// Scratch list of a room's members to resume.
     members: Vec<usize>,
+    /// With `--workers N > 1` and `--room-exec`: where the programs of rooms owned by other
+    /// workers run.
+    owners: Option<Owners>,
+}
+
+/// The configured rooms whose program another worker runs, so that a member's message here
+/// can be handed to it.
+struct Owners {
+    hub: Arc<Hub>,
+    /// Room → (the name notes carry, its owner), for rooms this worker does not own.
+    elsewhere: HashMap<Box<str>, (Arc<str>, usize)>,
+}
+
+/// The worker that runs `room`'s program: FNV-1a of the name, modulo the number of workers.
+/// Every worker computes it alike with no coordination, and a hash spreads the programs (the
+/// reading of their stdout and its fan-out) over the cores instead of piling them on worker
+/// 0, which already carries signals, push and the console.
+pub(super) fn owner_of(room: &str, workers: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in room.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % workers.max(1) as u64) as usize
 }
 
 struct RoomProgram {
@@ -37,6 +68,23 @@ struct RoomProgram {
 }
 
 impl RoomPrograms {
+    /// `--workers`: worker `me` learns which configured rooms others own (none with no
+    /// `--room-exec`, so a message costs nothing more then).
+    pub(super) fn set_owners(&mut self, hub: &Arc<Hub>, me: usize, rooms: &[RoomExec]) {
+        let elsewhere: HashMap<Box<str>, (Arc<str>, usize)> = rooms
+            .iter()
+            .map(|r| (r.room.as_str(), owner_of(&r.room, hub.workers())))
+            .filter(|&(_, owner)| owner != me)
+            .map(|(name, owner)| (name.into(), (name.into(), owner)))
+            .collect();
+        if !elsewhere.is_empty() {
+            self.owners = Some(Owners {
+                hub: hub.clone(),
+                elsewhere,
+            });
+        }
+    }
+
     /// The bytes a room's program has not taken on stdin yet (0 without a program).
     pub(super) fn stdin_backlog(&self, room: &str) -> usize {
         self.by_room
@@ -44,13 +92,27 @@ impl RoomPrograms {
             .map_or(0, |&slot| self.running[slot].program.stdin_backlog())
     }
 
-    /// A member's message: one line on the room program's stdin, if the room has one.
+    /// A member's message: one line on the room program's stdin, if the room has one; if
+    /// another worker owns it, a note to that worker. A full inbox drops the note (counted
+    /// in its `inbox_dropped`): across workers the bound of the inbox, not the program's
+    /// stdin backlog, is what holds members back.
     pub(super) fn send_line(&mut self, room: &str, line: &[u8]) {
-        if self.by_room.is_empty() {
+        if self.by_room.is_empty() && self.owners.is_none() {
             // No room program at all (the common case): not even a hash per message.
             return;
         }
         let Some(&slot) = self.by_room.get(room) else {
+            if let Some(Owners { hub, elsewhere }) = &self.owners {
+                if let Some((name, owner)) = elsewhere.get(room) {
+                    let note = Note::RoomInput {
+                        room: name.clone(),
+                        line: line.to_vec(),
+                    };
+                    if !hub.send(*owner, note) {
+                        debug!("room {room}: inbox of worker {owner} full, a line for its program dropped");
+                    }
+                }
+            }
             return;
         };
         let p = &mut self.running[slot].program;
@@ -67,6 +129,9 @@ impl RoomPrograms {
 impl Server {
     /// An upgrade to `room`: its program keeps running, or is started if the room has one
     /// configured and none runs (refused with 503 over `--max-children`, 500 if it fails).
+    /// With `--workers`, only the room's owner starts it; an upgrade on another worker is
+    /// accepted at once (the owner learns of it from the `Joined` note, and if it cannot start
+    /// the program, closes the members everywhere with 1011).
     pub(super) fn room_program_join(&mut self, room: &Rc<str>) -> Result<(), HandshakeError> {
         if let Some(&slot) = self.room_programs.by_room.get(room) {
             let r = &mut self.room_programs.running[slot];
@@ -81,7 +146,81 @@ impl Server {
         if !self.config.room_exec.iter().any(|r| *r.room == **room) {
             return Ok(());
         }
+        if !self.owns(room) {
+            self.remind_owner(room);
+            return Ok(());
+        }
         self.start_room_program(room)
+    }
+
+    /// A member joins `room` here, another worker owns its program. The first member's
+    /// `Joined` (from `room_opened`) tells the owner; a later one repeats it, so that a room
+    /// whose program ended while members here were still closing gets a new one.
+    fn remind_owner(&self, room: &str) {
+        let Some(seat) = &self.seat else { return };
+        if self.rooms.members(room).is_empty() {
+            return;
+        }
+        let note = Note::Joined {
+            room: room.into(),
+            worker: seat.me,
+        };
+        seat.hub.send(owner_of(room, seat.hub.workers()), note);
+    }
+
+    /// This worker runs `room`'s program (always with one worker).
+    fn owns(&self, room: &str) -> bool {
+        self.seat
+            .as_ref()
+            .is_none_or(|s| owner_of(room, s.hub.workers()) == s.me)
+    }
+
+    /// Other workers have members of `room` (as far as this one's replica knows).
+    fn members_elsewhere(&self, room: &str) -> bool {
+        self.seat
+            .as_ref()
+            .is_some_and(|s| s.remote.contains_key(room))
+    }
+
+    /// Another worker got its first member of `room`: the owner keeps its program (out of
+    /// its grace period) or starts it. If that fails, every member is closed with 1011,
+    /// since the upgrades were accepted already on the other workers.
+    pub(super) fn room_program_joined_elsewhere(&mut self, room: &Arc<str>) {
+        if self.config.room_exec.is_empty() {
+            return;
+        }
+        if let Some(&slot) = self.room_programs.by_room.get(&**room) {
+            let r = &mut self.room_programs.running[slot];
+            if r.idle_until.take().is_some() {
+                info!(
+                    "room {room}: a member is back on another worker, program pid {} kept",
+                    r.program.pid()
+                );
+            }
+            return;
+        }
+        if !self.config.room_exec.iter().any(|r| *r.room == **room) || !self.owns(room) {
+            return;
+        }
+        if let Err(e) = self.start_room_program(&Rc::from(&**room)) {
+            let reason = match e {
+                HandshakeError::Unavailable => "room program limit reached",
+                _ => "room program cannot start",
+            };
+            warn!("room {room}: {reason}; closing its members on every worker");
+            self.close_room_members(room, close_code::INTERNAL, reason);
+            self.room_ended_elsewhere(room, close_code::INTERNAL, reason);
+        }
+    }
+
+    /// Another worker's last member of `room` left: if none remain anywhere, the program's
+    /// grace period begins.
+    pub(super) fn room_program_left_elsewhere(&mut self, room: &str) {
+        if self.room_programs.by_room.is_empty() {
+            return;
+        }
+        let left = self.rooms.members(room).len();
+        self.room_program_left(room, left);
     }
 
     /// Starts `room`'s configured program (with `--redis`: once this node holds the lease).
@@ -143,8 +282,9 @@ impl Server {
     }
 
     /// A member left `room`, `left` remain: with none left, the program's grace period begins.
+    /// With `--workers`, "none left" means on every worker.
     pub(super) fn room_program_left(&mut self, room: &str, left: usize) {
-        if left > 0 {
+        if left > 0 || self.room_programs.by_room.is_empty() || self.members_elsewhere(room) {
             return;
         }
         let Some(&slot) = self.room_programs.by_room.get(room) else {
@@ -303,7 +443,10 @@ impl Server {
             let frame = shared_frame(&mut self.scratch, MessageKind::Text, text.as_bytes());
             // With `--redis`, the line is also published to the room's channel (one publish,
             // as for a member's message), for the members on other nodes.
-            self.deliver_message(&name, None, &mut Broadcast::new(frame));
+            let mut message = Broadcast::new(frame);
+            self.deliver_message(&name, None, &mut message);
+            // With `--workers`, the same frame to the other workers with members.
+            self.room_delivered(&name, message.plain());
         }
         self.room_programs.lines = lines;
         self.room_programs.ends = ends;
@@ -368,16 +511,46 @@ impl Server {
         };
         let members = self.rooms.members(&room).len();
         info!("room {room}: program pid {pid} {status}; closing its {members} members");
+        self.close_room_members(&room, code, &reason);
+        self.room_ended_elsewhere(&room, code, &reason);
+    }
+
+    /// Closes this worker's members of `room` with `code` (the room's program ended).
+    pub(super) fn close_room_members(&mut self, room: &str, code: u16, reason: &str) {
         let mut keys = mem::take(&mut self.room_programs.members);
         keys.clear();
-        keys.extend_from_slice(self.rooms.members(&room));
+        keys.extend_from_slice(self.rooms.members(room));
         for &key in &keys {
             if let Some(Phase::WebSocket(ws)) = self.clients.get_mut(key).map(|c| &mut c.phase) {
-                ws.conn.close(code, &reason, self.now);
+                ws.conn.close(code, reason, self.now);
             }
             self.queue_flush(key);
         }
         self.room_programs.members = keys;
+    }
+
+    /// `--workers`: the members of `room` on the other workers are closed too (a control
+    /// note, never dropped). A member that joins another worker in the instant between the
+    /// exit and the note's arrival is closed with the others.
+    fn room_ended_elsewhere(&mut self, room: &str, code: u16, reason: &str) {
+        let Some(seat) = &self.seat else { return };
+        let Some((name, &mask)) = seat.remote.get_key_value(room) else {
+            return;
+        };
+        let reason: Arc<str> = reason.into();
+        let mut bits = mask;
+        while bits != 0 {
+            let worker = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            seat.hub.send(
+                worker,
+                Note::RoomEnded {
+                    room: name.clone(),
+                    code,
+                    reason: reason.clone(),
+                },
+            );
+        }
     }
 
     /// SIGCHLD: see which room programs have exited.

@@ -53,6 +53,19 @@ pub(super) enum Note {
     /// `--console`: lines of client messages for worker 0 to write to stdout, so that the
     /// workers' lines never interleave.
     Print(Vec<u8>),
+    /// `--room-exec`: a member's message for the room's program, which runs on its owner
+    /// (see `room_programs::owner_of`); one line on its stdin.
+    RoomInput {
+        room: Arc<str>,
+        line: Vec<u8>,
+    },
+    /// The room's program exited (or could not be started by its owner): the receiver closes
+    /// its members of the room with this code and reason.
+    RoomEnded {
+        room: Arc<str>,
+        code: u16,
+        reason: Arc<str>,
+    },
 }
 
 impl Note {
@@ -61,7 +74,10 @@ impl Note {
     /// bounded by what clients do (one per room per worker per join or leave of its first or
     /// last member), never by message traffic, and every inbox is drained whole each turn.
     fn droppable(&self) -> bool {
-        matches!(self, Note::Room { .. } | Note::Everyone(_) | Note::Print(_))
+        matches!(
+            self,
+            Note::Room { .. } | Note::Everyone(_) | Note::Print(_) | Note::RoomInput { .. }
+        )
     }
 }
 
@@ -195,6 +211,9 @@ impl Server {
             // Worker 0 owns the push timer and the console; push reaches others as notes.
             server.next_push = None;
         }
+        server
+            .room_programs
+            .set_owners(&hub, me, &server.config.room_exec);
         server.seat = Some(Box::new(Seat {
             hub,
             me,
@@ -315,8 +334,9 @@ impl Server {
                 }
                 Note::Joined { room, worker } => {
                     if let Some(seat) = self.seat.as_mut() {
-                        *seat.remote.entry(room).or_insert(0) |= 1 << worker;
+                        *seat.remote.entry(room.clone()).or_insert(0) |= 1 << worker;
                     }
+                    self.room_program_joined_elsewhere(&room);
                 }
                 Note::Left { room, worker } => {
                     if let Some(seat) = self.seat.as_mut() {
@@ -327,6 +347,11 @@ impl Server {
                             }
                         }
                     }
+                    self.room_program_left_elsewhere(&room);
+                }
+                Note::RoomInput { room, line } => self.room_programs.send_line(&room, &line),
+                Note::RoomEnded { room, code, reason } => {
+                    self.close_room_members(&room, code, &reason);
                 }
                 Note::Stop => self.on_stop_signal(),
                 Note::Hangup => self.reload_tls("SIGHUP"),
