@@ -502,3 +502,35 @@ fn a_program_exiting_closes_its_members_on_every_worker() {
     assert_ne!(new, pid);
     assert_eq!(children_of(server.child.id()), vec![new]);
 }
+
+/// The program cannot start (removed after the server started): an upgrade on its owner is
+/// refused with 500 as with one worker; one on another worker, accepted before the owner
+/// tried, is closed with 1011.
+#[test]
+fn a_program_the_owner_cannot_start_closes_members_on_other_workers_1011() {
+    let doomed = script("doomed.sh", "exec cat");
+    let spec = format!("gone={}", doomed.display());
+    let server = TestServer::start(&["--workers", "4", "--room-exec", &spec]);
+    std::fs::remove_file(&doomed).unwrap();
+    let (mut refused, mut closed) = (0, 0);
+    for _ in 0..64 {
+        let mut s = server.connect();
+        s.write_all(upgrade_request("/room/gone", &[]).as_bytes())
+            .unwrap();
+        let head = read_head(&mut s);
+        match status(&head) {
+            500 => refused += 1,
+            101 => {
+                assert_eq!(read_close_code(&mut s), Some(1011));
+                closed += 1;
+            }
+            other => panic!("unexpected answer {other}: {head}"),
+        }
+        if refused > 0 && closed > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0 && closed > 0, "{refused} refused, {closed} closed");
+    assert!(server.wait_log("room gone: room program cannot start; closing its members"));
+    assert!(children_of(server.child.id()).is_empty());
+}
