@@ -530,7 +530,10 @@ fn a_program_the_owner_cannot_start_closes_members_on_other_workers_1011() {
             break;
         }
     }
-    assert!(refused > 0 && closed > 0, "{refused} refused, {closed} closed");
+    assert!(
+        refused > 0 && closed > 0,
+        "{refused} refused, {closed} closed"
+    );
     assert!(server.wait_log("room gone: room program cannot start; closing its members"));
     assert!(children_of(server.child.id()).is_empty());
 }

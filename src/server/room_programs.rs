@@ -569,3 +569,72 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn owners_are_fnv1a_of_the_name_and_spread_over_the_workers() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (the published test vector).
+        assert_eq!(owner_of("a", 1 << 20), 0xaf63dc4c8601ec8c % (1 << 20));
+        assert_eq!(owner_of("anything", 1), 0);
+        let mut per = [0; 4];
+        for i in 0..400 {
+            per[owner_of(&format!("room{i}"), 4)] += 1;
+        }
+        assert!(per.iter().all(|&n| n > 50), "{per:?}");
+    }
+
+    #[test]
+    fn a_line_for_a_room_owned_elsewhere_goes_to_its_owner_and_a_full_inbox_drops_it() {
+        let hub = Arc::new(Hub::new(4, 2));
+        let rooms: Vec<RoomExec> = (0..40)
+            .map(|i| RoomExec {
+                room: format!("r{i}"),
+                path: "/bin/cat".into(),
+            })
+            .collect();
+        let me = 1;
+        let mut programs = RoomPrograms::default();
+        programs.set_owners(&hub, me, &rooms);
+        let theirs = rooms
+            .iter()
+            .find(|r| owner_of(&r.room, 4) != me)
+            .unwrap()
+            .room
+            .clone();
+        let mine = rooms
+            .iter()
+            .find(|r| owner_of(&r.room, 4) == me)
+            .unwrap()
+            .room
+            .clone();
+        let owner = owner_of(&theirs, 4);
+        // A room this worker owns (no program running) and one not configured: no note.
+        programs.send_line(&mine, b"x");
+        programs.send_line("plain", b"x");
+        for line in [&b"one"[..], b"two", b"three"] {
+            programs.send_line(&theirs, line);
+        }
+        let mut got = VecDeque::new();
+        hub.take(owner, &mut got);
+        let lines: Vec<(String, Vec<u8>)> = got
+            .drain(..)
+            .map(|n| match n {
+                Note::RoomInput { room, line } => (room.to_string(), line),
+                _ => panic!("not a RoomInput"),
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [(theirs.clone(), b"one".to_vec()), (theirs, b"two".to_vec())]
+        );
+        assert_eq!(hub.dropped(owner), 1);
+        for w in (0..4).filter(|&w| w != owner) {
+            hub.take(w, &mut got);
+            assert!(got.is_empty(), "worker {w} got a note");
+        }
+    }
+}
