@@ -511,6 +511,10 @@ fn a_program_the_owner_cannot_start_closes_members_on_other_workers_1011() {
     let doomed = script("doomed.sh", "exec cat");
     let spec = format!("gone={}", doomed.display());
     let server = TestServer::start(&["--workers", "4", "--room-exec", &spec]);
+    // Every worker checks the path as it starts: removed once all are up.
+    for i in 1..4 {
+        assert!(server.wait_log(&format!("worker {i}: listening on")));
+    }
     std::fs::remove_file(&doomed).unwrap();
     let (mut refused, mut closed) = (0, 0);
     for _ in 0..64 {
@@ -524,7 +528,10 @@ fn a_program_the_owner_cannot_start_closes_members_on_other_workers_1011() {
                 assert_eq!(read_close_code(&mut s), Some(1011));
                 closed += 1;
             }
-            other => panic!("unexpected answer {other}: {head}"),
+            other => panic!(
+                "unexpected answer {other}: {head}\n{}",
+                server.log.lock().unwrap()
+            ),
         }
         if refused > 0 && closed > 0 {
             break;
