@@ -359,15 +359,21 @@ fn members_by_worker(server: &TestServer, path: &str, n: usize) -> Vec<(TcpStrea
     members
 }
 
-/// Per worker, the room programs (and other children) it runs, once every worker knows that
-/// the three others have members of the room.
-fn programs_per_worker(server: &TestServer, members: usize) -> Vec<u64> {
+/// Per worker, the room programs (and other children) it runs, once every one of the
+/// `workers` knows that all the others have members of the room.
+fn programs_per_worker(server: &TestServer, members: usize, workers: u64) -> Vec<u64> {
     let s = stats_until(server, Duration::from_secs(10), |s| {
         per_worker(s, "websockets").iter().sum::<u64>() == members as u64
-            && per_worker(s, "room_replicas").iter().all(|&r| r == 3)
+            && per_worker(s, "room_replicas")
+                .iter()
+                .all(|&r| r == workers - 1)
             && per_worker(s, "children").iter().sum::<u64>() == 1
     });
-    assert_eq!(per_worker(&s, "room_replicas"), [3, 3, 3, 3], "{s}");
+    assert_eq!(
+        per_worker(&s, "room_replicas"),
+        vec![workers - 1; workers as usize],
+        "{s}"
+    );
     per_worker(&s, "children")
 }
 
@@ -383,7 +389,7 @@ fn one_program_serves_a_room_spanning_four_workers_and_ends_after_the_last_membe
     ]);
     let mut members = members_by_worker(&server, "/room/chat", 40);
     let n = members.len();
-    let programs = programs_per_worker(&server, n);
+    let programs = programs_per_worker(&server, n, 4);
     assert_eq!(
         programs.iter().filter(|&&c| c == 1).count(),
         1,
@@ -476,7 +482,7 @@ fn a_program_exiting_closes_its_members_on_every_worker() {
     let server = server(&["--workers", "4"]);
     let mut members = members_by_worker(&server, "/room/chat", 8);
     let n = members.len();
-    programs_per_worker(&server, n);
+    programs_per_worker(&server, n, 4);
     let pid = children_of(server.child.id())[0];
     send(&mut members[0].0, "quit 3");
     for (i, (m, worker)) in members.iter_mut().enumerate() {
@@ -543,4 +549,48 @@ fn a_program_the_owner_cannot_start_closes_members_on_other_workers_1011() {
     );
     assert!(server.wait_log("room gone: room program cannot start; closing its members"));
     assert!(children_of(server.child.id()).is_empty());
+}
+
+/// A program that never reads stdin, fed by a member on another worker (which cannot be
+/// paused from the owner): the owner drops lines beyond `--max-backlog` and counts them;
+/// the member carries on.
+#[test]
+fn lines_from_other_workers_for_a_program_that_does_not_read_are_dropped_and_counted() {
+    let sleeper = script("sleeper.sh", "exec sleep 10");
+    let spec = format!("quiet={}", sleeper.display());
+    let server = TestServer::start(&[
+        "--workers",
+        "2",
+        "--max-backlog",
+        "64KiB",
+        "--room-exec",
+        &spec,
+    ]);
+    let mut members = members_by_worker(&server, "/room/quiet", 2);
+    let n = members.len();
+    let programs = programs_per_worker(&server, n, 2);
+    let owner = programs.iter().position(|&c| c == 1).unwrap();
+    let pid = children_of(server.child.id())[0];
+    let (s, _) = members.iter_mut().find(|(_, w)| *w != owner).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // 2 MiB against a 64 KiB pipe and a 64 KiB backlog.
+    let chunk = frame(true, 1, &[b'x'; 16 * 1024]);
+    for _ in 0..128 {
+        s.write_all(&chunk).unwrap();
+    }
+    assert!(server.wait_log("program stdin over the limit, a line from another worker dropped"));
+    let st = stats_until(&server, Duration::from_secs(2), |st| {
+        st["inbox_dropped"].as_u64().unwrap() > 0
+    });
+    assert!(st["inbox_dropped"].as_u64().unwrap() > 0, "{st}");
+    // The sender is still served: a ping gets its pong.
+    s.write_all(&frame(true, 9, b"still")).unwrap();
+    loop {
+        let (_, op, p) = read_frame(s).expect("a pong");
+        if op == 10 {
+            assert_eq!(p, b"still");
+            break;
+        }
+    }
+    assert_eq!(children_of(server.child.id()), vec![pid]);
 }

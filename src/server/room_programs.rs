@@ -213,6 +213,21 @@ impl Server {
         }
     }
 
+    /// A member's message from another worker, for the program of `room` here. Members
+    /// elsewhere cannot be paused from here, so while the program's unread stdin is over
+    /// `--max-backlog` their lines are dropped and counted (`inbox_dropped`): memory stays
+    /// bounded when a program stops reading.
+    pub(super) fn room_input_from_elsewhere(&mut self, room: &str, line: &[u8]) {
+        if self.room_programs.stdin_backlog(room) > self.config.max_backlog {
+            if let Some(seat) = &self.seat {
+                seat.hub.count_dropped(seat.me);
+            }
+            debug!("room {room}: program stdin over the limit, a line from another worker dropped");
+            return;
+        }
+        self.room_programs.send_line(room, line);
+    }
+
     /// Another worker's last member of `room` left: if none remain anywhere, the program's
     /// grace period begins.
     pub(super) fn room_program_left_elsewhere(&mut self, room: &str) {

@@ -166,6 +166,12 @@ impl Hub {
         mem::swap(&mut *lock(&self.mailboxes[me].queue), into);
     }
 
+    /// A message note worker `i` took but could not use (a line for a room program whose
+    /// stdin is over `--max-backlog`): counted with the inbox drops.
+    pub(super) fn count_dropped(&self, i: usize) {
+        self.mailboxes[i].dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Message notes dropped for worker `i` because its inbox was full.
     pub(super) fn dropped(&self, i: usize) -> u64 {
         self.mailboxes[i].dropped.load(Ordering::Relaxed)
@@ -349,7 +355,7 @@ impl Server {
                     }
                     self.room_program_left_elsewhere(&room);
                 }
-                Note::RoomInput { room, line } => self.room_programs.send_line(&room, &line),
+                Note::RoomInput { room, line } => self.room_input_from_elsewhere(&room, &line),
                 Note::RoomEnded { room, code, reason } => {
                     self.close_room_members(&room, code, &reason);
                 }
