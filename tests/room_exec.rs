@@ -594,3 +594,44 @@ fn lines_from_other_workers_for_a_program_that_does_not_read_are_dropped_and_cou
     }
     assert_eq!(children_of(server.child.id()), vec![pid]);
 }
+
+/// A program that writes as fast as it can, to members on four workers with small inboxes:
+/// the owner reads no faster than the other workers' inboxes take the lines, so every member
+/// gets every line, in order, and nothing is dropped.
+#[test]
+fn a_fast_program_is_paced_by_the_other_workers_inboxes_and_no_line_is_lost() {
+    const LINES: usize = 5000;
+    let server = TestServer::start(&[
+        "--workers",
+        "4",
+        "--worker-inbox",
+        "64",
+        "--room-exec",
+        "fast=/bin/sh",
+        "--room-exec-arg",
+        "fast=-c",
+        "--room-exec-arg",
+        &format!("fast=read go; seq 1 {LINES}; exec cat"),
+    ]);
+    let mut members = members_by_worker(&server, "/room/fast", 8);
+    let n = members.len();
+    programs_per_worker(&server, n, 4);
+    send(&mut members[0].0, "go");
+    for (i, (m, worker)) in members.iter_mut().enumerate() {
+        m.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut next = 1;
+        while next <= LINES {
+            let line = text(m);
+            if line == "go" {
+                continue;
+            }
+            assert_eq!(
+                line,
+                next.to_string(),
+                "member {i} on worker {worker}: a line lost or out of order"
+            );
+            next += 1;
+        }
+    }
+    assert_eq!(stats(&server)["inbox_dropped"], 0);
+}

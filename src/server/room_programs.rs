@@ -21,6 +21,10 @@ use crate::config::RoomExec;
 /// above the pipe tokens a slot could make.
 pub(super) const ROOM_PROGRAM: usize = 1 << (usize::BITS - 2);
 
+/// How soon a room program's stdout is read again when it was held for lack of room in
+/// other workers' inboxes (they drain theirs whole each turn, so this is short).
+const INBOX_RETRY: Duration = Duration::from_millis(1);
+
 /// The room programs running, by slot (their pipes' tokens) and by room.
 #[derive(Default)]
 pub(super) struct RoomPrograms {
@@ -65,6 +69,9 @@ struct RoomProgram {
     stdout_held: bool,
     /// The room is empty: the program is ended at this time unless someone joins first.
     idle_until: Option<Instant>,
+    /// Stdout was held because other workers' inboxes were too full for more lines: it is
+    /// read again at this time.
+    retry_at: Option<Instant>,
 }
 
 impl RoomPrograms {
@@ -122,7 +129,11 @@ impl RoomPrograms {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.running.iter().filter_map(|(_, r)| r.idle_until).min()
+        self.running
+            .iter()
+            .flat_map(|(_, r)| [r.idle_until, r.retry_at])
+            .flatten()
+            .min()
     }
 }
 
@@ -291,6 +302,7 @@ impl Server {
             program,
             stdout_held: false,
             idle_until: None,
+            retry_at: None,
         });
         self.room_programs.by_room.insert(room.clone(), slot);
         Ok(())
@@ -334,7 +346,22 @@ impl Server {
     }
 
     /// Programs of rooms empty for their whole grace period are ended (the `--exec` way).
+    /// Held stdouts whose retry is due are read again.
     pub(super) fn room_programs_due(&mut self, now: Instant) {
+        let retry: Vec<usize> = self
+            .room_programs
+            .running
+            .iter()
+            .filter(|(_, r)| r.retry_at.is_some_and(|at| now >= at))
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in retry {
+            let r = &mut self.room_programs.running[slot];
+            r.retry_at = None;
+            r.stdout_held = false;
+            self.read_room_program(slot);
+            self.room_program_progress(slot);
+        }
         let due: Vec<usize> = self
             .room_programs
             .running
@@ -410,7 +437,10 @@ impl Server {
     /// Reads the program's stdout, no more than some member has room for, and sends each line
     /// to every member: one fan-out, encoded once, compressed once per window. Members that
     /// are behind meet the slow-consumer policy; when all are, the pipe is left unread (the
-    /// program blocks on it) until one drains to half.
+    /// program blocks on it) until one drains to half. With `--workers`, no more bytes than
+    /// the fullest inbox of the workers with members has free places (a line takes at least
+    /// one byte and one place), so that no line is dropped on the way; held for that, the
+    /// pipe is read again [`INBOX_RETRY`] later.
     fn read_room_program(&mut self, slot: usize) {
         let RoomPrograms {
             running,
@@ -432,6 +462,12 @@ impl Server {
         // Half: a line of n bytes and its newline become a frame of at most n + 1 bytes plus a
         // header of 1 to 9 bytes more than the newline, so at most twice what was read.
         let room = self.config.max_backlog.saturating_sub(least) / 2;
+        let inboxes = self
+            .seat
+            .as_ref()
+            .and_then(|s| s.remote.get(&*r.room).map(|&mask| s.hub.space(mask)));
+        let by_inboxes = inboxes.is_some_and(|space| space < room);
+        let room = inboxes.map_or(room, |space| space.min(room));
         let mut buf = mem::take(&mut self.rbuf);
         lines.clear();
         ends.clear();
@@ -440,7 +476,7 @@ impl Server {
             ends.push(lines.len());
         });
         self.rbuf = buf;
-        if read == Pipe::Unread && !r.stdout_held {
+        if read == Pipe::Unread && !r.stdout_held && !by_inboxes {
             debug!(
                 "room {}: every member is behind, program pid {} stdout paused",
                 r.room,
@@ -448,6 +484,9 @@ impl Server {
             );
         }
         r.stdout_held = read == Pipe::Unread;
+        if r.stdout_held && by_inboxes {
+            r.retry_at = Some(self.now + INBOX_RETRY);
+        }
         let name = r.room.clone();
         let lines = mem::take(&mut self.room_programs.lines);
         let ends = mem::take(&mut self.room_programs.ends);

@@ -159,6 +159,19 @@ impl Hub {
         true
     }
 
+    /// The fewest free places among the inboxes of the workers in `mask` (a bit each).
+    pub(super) fn space(&self, mask: u64) -> usize {
+        let mut least = self.capacity;
+        let mut bits = mask;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let queued = lock(&self.mailboxes[i].queue).len();
+            least = least.min(self.capacity.saturating_sub(queued));
+        }
+        least
+    }
+
     /// Takes every note waiting for `me` in one lock: the queue is swapped with `into`
     /// (empty, its capacity kept from last time), so a turn allocates nothing.
     pub(super) fn take(&self, me: usize, into: &mut VecDeque<Note>) {
