@@ -665,3 +665,59 @@ fn a_room_program_runs_on_one_node_members_everywhere_hear_it_and_it_moves_when_
         "B's program lives on"
     );
 }
+
+#[test]
+fn with_workers_and_two_nodes_a_room_program_runs_once_and_every_member_hears_each_line_once() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start(free_port());
+    let prefix = prefix("room-exec-workers");
+    let spec = format!("chat={}", room_program().display());
+    let extra = ["--workers", "2", "--room-exec", &spec];
+    let (a, b) = (
+        node(redis.port, &prefix, &extra),
+        node(redis.port, &prefix, &extra),
+    );
+    assert!(within(Duration::from_secs(5), || redis_field(
+        &stats(&a),
+        "connected"
+    ) == "true"
+        && redis_field(&stats(&b), "connected") == "true"));
+    let mut on_a = members_on_every_worker(&a, "chat", 2);
+    // The first member hears the program's greeting (it started with that member).
+    let pid: u32 = raw_text(&mut on_a[0])
+        .strip_prefix("started ")
+        .expect("a greeting")
+        .parse()
+        .unwrap();
+    let mut on_b = members_on_every_worker(&b, "chat", 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let running: Vec<u32> = programs_of(&a).into_iter().chain(programs_of(&b)).collect();
+    assert_eq!(running, [pid], "one program for the room across both nodes");
+
+    // A member on B speaks: every other member on both nodes and all workers hears it once,
+    // then the program's answer reaches every member once.
+    let (sender, rest_b) = on_b.split_first_mut().unwrap();
+    raw_send(sender, "hi");
+    for (i, m) in rest_b.iter_mut().chain(on_a.iter_mut()).enumerate() {
+        assert_eq!(raw_text(m), "hi", "member {i}");
+        assert_eq!(raw_text(m), "got:hi", "member {i}");
+    }
+    assert_eq!(raw_text(sender), "got:hi");
+    // And one on A's other worker: the same.
+    let last = on_a.len() - 1;
+    raw_send(&mut on_a[last], "yo");
+    for (i, m) in on_a[..last].iter_mut().chain(on_b.iter_mut()).enumerate() {
+        assert_eq!(raw_text(m), "yo", "member {i}");
+        assert_eq!(raw_text(m), "got:yo", "member {i}");
+    }
+    assert_eq!(raw_text(&mut on_a[last]), "got:yo");
+
+    drop(on_a);
+    drop(on_b);
+    assert!(
+        gone_within(pid, Duration::from_secs(8)),
+        "the program outlived its members"
+    );
+}

@@ -293,3 +293,345 @@ fn no_room_program_outlives_the_server() {
         "pid {pid} left behind"
     );
 }
+
+// --- `--workers N`: one program per room, on its owner worker ---
+
+fn stats(server: &TestServer) -> serde_json::Value {
+    let (status, _, body) = exchange(
+        server,
+        "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Per worker: `key` as a number.
+fn per_worker(s: &serde_json::Value, key: &str) -> Vec<u64> {
+    s["workers"]
+        .as_array()
+        .expect("a workers list")
+        .iter()
+        .map(|w| w[key].as_u64().unwrap())
+        .collect()
+}
+
+/// Polls `/stats` (other workers' figures are up to 50 ms old) until `ok` holds; the last
+/// answer either way.
+fn stats_until(
+    server: &TestServer,
+    limit: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        let s = stats(server);
+        if ok(&s) || std::time::Instant::now() >= end {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Opens `n` members of `path` one by one (more, up to 64, until every worker has some),
+/// learning from `/stats` which worker each landed on.
+fn members_by_worker(server: &TestServer, path: &str, n: usize) -> Vec<(TcpStream, usize)> {
+    let mut before = per_worker(&stats(server), "websockets");
+    let mut members = Vec::new();
+    while members.len() < n || before.contains(&0) {
+        assert!(
+            members.len() < 64,
+            "64 members and still a worker without any"
+        );
+        let s = server.ws_raw(path);
+        let total = members.len() as u64 + 1;
+        let now = per_worker(
+            &stats_until(server, Duration::from_secs(5), |s| {
+                per_worker(s, "websockets").iter().sum::<u64>() == total
+            }),
+            "websockets",
+        );
+        let worker = (0..now.len())
+            .find(|&i| now[i] == before[i] + 1)
+            .expect("one worker's count went up by one");
+        members.push((s, worker));
+        before = now;
+    }
+    members
+}
+
+/// Per worker, the room programs (and other children) it runs, once every one of the
+/// `workers` knows that all the others have members of the room.
+fn programs_per_worker(server: &TestServer, members: usize, workers: u64) -> Vec<u64> {
+    let s = stats_until(server, Duration::from_secs(10), |s| {
+        per_worker(s, "websockets").iter().sum::<u64>() == members as u64
+            && per_worker(s, "room_replicas")
+                .iter()
+                .all(|&r| r == workers - 1)
+            && per_worker(s, "children").iter().sum::<u64>() == 1
+    });
+    assert_eq!(
+        per_worker(&s, "room_replicas"),
+        vec![workers - 1; workers as usize],
+        "{s}"
+    );
+    per_worker(&s, "children")
+}
+
+#[test]
+fn one_program_serves_a_room_spanning_four_workers_and_ends_after_the_last_member_anywhere() {
+    let server = server(&[
+        "--workers",
+        "4",
+        "--room-exec-grace",
+        "300ms",
+        "--exec-grace",
+        "200ms",
+    ]);
+    let mut members = members_by_worker(&server, "/room/chat", 40);
+    let n = members.len();
+    let programs = programs_per_worker(&server, n, 4);
+    assert_eq!(
+        programs.iter().filter(|&&c| c == 1).count(),
+        1,
+        "{programs:?}"
+    );
+    let owner = programs.iter().position(|&c| c == 1).unwrap();
+    let kids = children_of(server.child.id());
+    assert_eq!(kids.len(), 1, "one program process, got {kids:?}");
+    let pid = kids[0];
+
+    for (i, (m, _)) in members.iter_mut().enumerate() {
+        send(m, &format!("m{i}"));
+    }
+    for (i, (m, worker)) in members.iter_mut().enumerate() {
+        m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut heard = vec![0u32; n];
+        let mut answers = vec![0u32; n];
+        let mut greetings = 0;
+        // Every other member's message (no --room-echo), and every member's answer.
+        while heard.iter().sum::<u32>() < n as u32 - 1 || answers.iter().sum::<u32>() < n as u32 {
+            let line = text(m);
+            if let Some(j) = line.strip_prefix("got:m") {
+                let j: usize = j.parse().unwrap();
+                answers[j] += 1;
+                assert_eq!(
+                    answers[j], 1,
+                    "member {i} (worker {worker}): {line:?} twice"
+                );
+            } else if let Some(j) = line.strip_prefix('m') {
+                let j: usize = j.parse().unwrap();
+                assert_ne!(j, i, "member {i} heard itself");
+                heard[j] += 1;
+                assert_eq!(heard[j], 1, "member {i}: {line:?} twice");
+            } else {
+                // Members that joined before the program started saw its greeting.
+                assert_eq!(line, format!("started chat {pid}"), "member {i}");
+                greetings += 1;
+                assert_eq!(greetings, 1, "member {i}: two greetings");
+            }
+        }
+    }
+    // Nothing more came for anyone: the next thing each member sees is the answer to a
+    // marker (and, on other members, the marker itself).
+    send(&mut members[0].0, "pid");
+    for (i, (m, _)) in members.iter_mut().enumerate() {
+        let mut got = vec![text(m)];
+        if i > 0 {
+            got.push(text(m));
+            got.sort();
+        }
+        let want: Vec<String> = if i > 0 {
+            vec!["pid".into(), format!("pid {pid}")]
+        } else {
+            vec![format!("pid {pid}")]
+        };
+        assert_eq!(got, want, "member {i}");
+    }
+    assert_eq!(stats(&server)["inbox_dropped"], 0);
+
+    // The owner's members leave: the others keep the program, and their input still reaches it.
+    let (here, mut elsewhere): (Vec<_>, Vec<_>) =
+        members.into_iter().partition(|(_, w)| *w == owner);
+    for (m, _) in here {
+        leave(m);
+    }
+    assert!(
+        !gone_within(pid, Duration::from_millis(900)),
+        "pid {pid} ended while members on other workers remain"
+    );
+    let (last, _) = elsewhere.pop().unwrap();
+    for (m, _) in elsewhere {
+        leave(m);
+    }
+    let mut last = last;
+    send(&mut last, "still here");
+    assert_eq!(text(&mut last), "got:still here");
+    assert_eq!(children_of(server.child.id()), vec![pid]);
+    // The last member anywhere leaves: the grace period, then the program ends.
+    leave(last);
+    assert!(server.wait_log(&format!("program pid {pid} ends in")));
+    assert!(
+        gone_within(pid, Duration::from_secs(5)),
+        "pid {pid} still there"
+    );
+    assert!(children_of(server.child.id()).is_empty());
+}
+
+#[test]
+fn a_program_exiting_closes_its_members_on_every_worker() {
+    let server = server(&["--workers", "4"]);
+    let mut members = members_by_worker(&server, "/room/chat", 8);
+    let n = members.len();
+    programs_per_worker(&server, n, 4);
+    let pid = children_of(server.child.id())[0];
+    send(&mut members[0].0, "quit 3");
+    for (i, (m, worker)) in members.iter_mut().enumerate() {
+        assert_eq!(
+            read_close_code(m),
+            Some(1011),
+            "member {i} on worker {worker}"
+        );
+    }
+    assert!(gone_within(pid, Duration::from_secs(5)));
+    // A new member on any worker gets a new program, even while the old members close.
+    let mut again = server.ws_raw("/room/chat");
+    let new = loop {
+        send(&mut again, "pid");
+        again
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let line = text(&mut again);
+        if let Some(p) = line.strip_prefix("pid ") {
+            break p.parse::<u32>().unwrap();
+        }
+    };
+    assert_ne!(new, pid);
+    assert_eq!(children_of(server.child.id()), vec![new]);
+}
+
+/// The program cannot start (removed after the server started): an upgrade on its owner is
+/// refused with 500 as with one worker; one on another worker, accepted before the owner
+/// tried, is closed with 1011.
+#[test]
+fn a_program_the_owner_cannot_start_closes_members_on_other_workers_1011() {
+    let doomed = script("doomed.sh", "exec cat");
+    let spec = format!("gone={}", doomed.display());
+    let server = TestServer::start(&["--workers", "4", "--room-exec", &spec]);
+    // Every worker checks the path as it starts: removed once all are up.
+    for i in 1..4 {
+        assert!(server.wait_log(&format!("worker {i}: listening on")));
+    }
+    std::fs::remove_file(&doomed).unwrap();
+    let (mut refused, mut closed) = (0, 0);
+    for _ in 0..64 {
+        let mut s = server.connect();
+        s.write_all(upgrade_request("/room/gone", &[]).as_bytes())
+            .unwrap();
+        let head = read_head(&mut s);
+        match status(&head) {
+            500 => refused += 1,
+            101 => {
+                assert_eq!(read_close_code(&mut s), Some(1011));
+                closed += 1;
+            }
+            other => panic!(
+                "unexpected answer {other}: {head}\n{}",
+                server.log.lock().unwrap()
+            ),
+        }
+        if refused > 0 && closed > 0 {
+            break;
+        }
+    }
+    assert!(
+        refused > 0 && closed > 0,
+        "{refused} refused, {closed} closed"
+    );
+    assert!(server.wait_log("room gone: room program cannot start; closing its members"));
+    assert!(children_of(server.child.id()).is_empty());
+}
+
+/// A program that never reads stdin, fed by a member on another worker (which cannot be
+/// paused from the owner): the owner drops lines beyond `--max-backlog` and counts them;
+/// the member carries on.
+#[test]
+fn lines_from_other_workers_for_a_program_that_does_not_read_are_dropped_and_counted() {
+    let sleeper = script("sleeper.sh", "exec sleep 10");
+    let spec = format!("quiet={}", sleeper.display());
+    let server = TestServer::start(&[
+        "--workers",
+        "2",
+        "--max-backlog",
+        "64KiB",
+        "--room-exec",
+        &spec,
+    ]);
+    let mut members = members_by_worker(&server, "/room/quiet", 2);
+    let n = members.len();
+    let programs = programs_per_worker(&server, n, 2);
+    let owner = programs.iter().position(|&c| c == 1).unwrap();
+    let pid = children_of(server.child.id())[0];
+    let (s, _) = members.iter_mut().find(|(_, w)| *w != owner).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // 2 MiB against a 64 KiB pipe and a 64 KiB backlog.
+    let chunk = frame(true, 1, &[b'x'; 16 * 1024]);
+    for _ in 0..128 {
+        s.write_all(&chunk).unwrap();
+    }
+    assert!(server.wait_log("program stdin over the limit, a line from another worker dropped"));
+    let st = stats_until(&server, Duration::from_secs(2), |st| {
+        st["inbox_dropped"].as_u64().unwrap() > 0
+    });
+    assert!(st["inbox_dropped"].as_u64().unwrap() > 0, "{st}");
+    // The sender is still served: a ping gets its pong.
+    s.write_all(&frame(true, 9, b"still")).unwrap();
+    loop {
+        let (_, op, p) = read_frame(s).expect("a pong");
+        if op == 10 {
+            assert_eq!(p, b"still");
+            break;
+        }
+    }
+    assert_eq!(children_of(server.child.id()), vec![pid]);
+}
+
+/// A program that writes as fast as it can, to members on four workers with small inboxes:
+/// the owner reads no faster than the other workers' inboxes take the lines, so every member
+/// gets every line, in order, and nothing is dropped.
+#[test]
+fn a_fast_program_is_paced_by_the_other_workers_inboxes_and_no_line_is_lost() {
+    const LINES: usize = 5000;
+    let server = TestServer::start(&[
+        "--workers",
+        "4",
+        "--worker-inbox",
+        "64",
+        "--room-exec",
+        "fast=/bin/sh",
+        "--room-exec-arg",
+        "fast=-c",
+        "--room-exec-arg",
+        &format!("fast=read go; seq 1 {LINES}; exec cat"),
+    ]);
+    let mut members = members_by_worker(&server, "/room/fast", 8);
+    let n = members.len();
+    programs_per_worker(&server, n, 4);
+    send(&mut members[0].0, "go");
+    for (i, (m, worker)) in members.iter_mut().enumerate() {
+        m.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut next = 1;
+        while next <= LINES {
+            let line = text(m);
+            if line == "go" {
+                continue;
+            }
+            assert_eq!(
+                line,
+                next.to_string(),
+                "member {i} on worker {worker}: a line lost or out of order"
+            );
+            next += 1;
+        }
+    }
+    assert_eq!(stats(&server)["inbox_dropped"], 0);
+}

@@ -412,7 +412,7 @@ impl Server {
                 let _ = write!(
                     json,
                     "{sep}{{\"worker\":{i},\"connections\":{},\"websockets\":{},\"http\":{},\"closing\":{},\"rooms\":{},\"room_replicas\":{},\
-                     \"messages_in\":{},\"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"dropped\":{},\"inbox_dropped\":{dropped}}}",
+                     \"messages_in\":{},\"messages_out\":{},\"bytes_in\":{},\"bytes_out\":{},\"dropped\":{},\"inbox_dropped\":{dropped},\"children\":{}}}",
                     w.connections,
                     w.websockets,
                     w.gauges.http,
@@ -424,6 +424,7 @@ impl Server {
                     w.stats.bytes_in,
                     w.stats.bytes_out,
                     w.stats.slow_dropped,
+                    w.gauges.children,
                 );
             }
             json.push(']');

@@ -55,6 +55,19 @@ pub(super) enum Note {
     /// `--console`: lines of client messages for worker 0 to write to stdout, so that the
     /// workers' lines never interleave.
     Print(Vec<u8>),
+    /// `--room-exec`: a member's message for the room's program, which runs on its owner
+    /// (see `room_programs::owner_of`); one line on its stdin.
+    RoomInput {
+        room: Arc<str>,
+        line: Vec<u8>,
+    },
+    /// The room's program exited (or could not be started by its owner): the receiver closes
+    /// its members of the room with this code and reason.
+    RoomEnded {
+        room: Arc<str>,
+        code: u16,
+        reason: Arc<str>,
+    },
 }
 
 impl Note {
@@ -63,7 +76,10 @@ impl Note {
     /// bounded by what clients do (one per room per worker per join or leave of its first or
     /// last member), never by message traffic, and every inbox is drained whole each turn.
     fn droppable(&self) -> bool {
-        matches!(self, Note::Room { .. } | Note::Everyone(_) | Note::Print(_))
+        matches!(
+            self,
+            Note::Room { .. } | Note::Everyone(_) | Note::Print(_) | Note::RoomInput { .. }
+        )
     }
 }
 
@@ -148,11 +164,30 @@ impl Hub {
         true
     }
 
+    /// The fewest free places among the inboxes of the workers in `mask` (a bit each).
+    pub(super) fn space(&self, mask: u64) -> usize {
+        let mut least = self.capacity;
+        let mut bits = mask;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let queued = lock(&self.mailboxes[i].queue).len();
+            least = least.min(self.capacity.saturating_sub(queued));
+        }
+        least
+    }
+
     /// Takes every note waiting for `me` in one lock: the queue is swapped with `into`
     /// (empty, its capacity kept from last time), so a turn allocates nothing.
     pub(super) fn take(&self, me: usize, into: &mut VecDeque<Note>) {
         debug_assert!(into.is_empty());
         mem::swap(&mut *lock(&self.mailboxes[me].queue), into);
+    }
+
+    /// A message note worker `i` took but could not use (a line for a room program whose
+    /// stdin is over `--max-backlog`): counted with the inbox drops.
+    pub(super) fn count_dropped(&self, i: usize) {
+        self.mailboxes[i].dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Message notes dropped for worker `i` because its inbox was full.
@@ -202,6 +237,10 @@ impl Server {
             // ... and the process's one Redis link (one SUBSCRIBE per room for all workers).
             server.cluster = None;
         }
+        let pool = room_programs::owner_pool(&server.config, hub.workers());
+        server
+            .room_programs
+            .set_owners(&hub, me, &server.config.room_exec, pool);
         server.seat = Some(Box::new(Seat {
             hub,
             me,
@@ -352,8 +391,9 @@ impl Server {
                     // Worker 0 holds the Redis link: it subscribes for every worker's rooms.
                     self.redis_join(&room);
                     if let Some(seat) = self.seat.as_mut() {
-                        *seat.remote.entry(room).or_insert(0) |= 1 << worker;
+                        *seat.remote.entry(room.clone()).or_insert(0) |= 1 << worker;
                     }
+                    self.room_program_joined_elsewhere(&room);
                 }
                 Note::Left { room, worker } => {
                     self.redis_leave(&room);
@@ -365,6 +405,11 @@ impl Server {
                             }
                         }
                     }
+                    self.room_program_left_elsewhere(&room);
+                }
+                Note::RoomInput { room, line } => self.room_input_from_elsewhere(&room, &line),
+                Note::RoomEnded { room, code, reason } => {
+                    self.close_room_members(&room, code, &reason);
                 }
                 Note::Stop => self.on_stop_signal(),
                 Note::Hangup => self.reload_tls("SIGHUP"),
