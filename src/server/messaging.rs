@@ -25,7 +25,6 @@ impl Server {
             now,
             console_out,
             deflate,
-            room_programs,
             ..
         } = self;
         let now = *now;
@@ -60,8 +59,7 @@ impl Server {
                         stats.bytes_out += payload.len() as u64;
                         c.send_payload(kind, payload);
                     }
-                    Route::Room(name) => {
-                        room_programs.send_line(name, &payload);
+                    Route::Room(_) => {
                         let mut message = Broadcast::new(shared_frame(scratch, kind, &payload));
                         if room_echo {
                             message.send(c, deflate, scratch);
@@ -101,13 +99,10 @@ impl Server {
                 for message in &mut frames {
                     self.deliver_message(&name, Some(key), message);
                     self.room_delivered(&name, message.plain(), true);
-                    if self.cluster.is_some()
-                        && !self.room_programs.runs(&name)
-                        && self.config.room_exec.iter().any(|r| *r.room == *name)
-                    {
-                        // Its program runs on the node holding the lease.
-                        let (kind, payload) = workers::frame_message(message.plain());
-                        self.redis_program_input(&name, kind, payload);
+                    // Only now, so that no member hears the program's answer before the
+                    // message itself (the answer may come back through another worker).
+                    if !self.config.room_exec.is_empty() {
+                        self.room_program_input(&name, message.plain());
                     }
                 }
             }

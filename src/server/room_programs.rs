@@ -190,6 +190,22 @@ impl Server {
         self.start_room_program(room)
     }
 
+    /// A member's message here for `room`'s program, if it has one: a line on its stdin here,
+    /// a note to the worker that owns it, or (with `--redis`, the program running on another
+    /// node) a publish on the room's input channel.
+    pub(super) fn room_program_input(&mut self, room: &str, frame: &[u8]) {
+        if !self.config.room_exec.iter().any(|r| *r.room == *room) {
+            return;
+        }
+        let (kind, payload) = workers::frame_message(frame);
+        // With `--redis` only the owner (worker 0) holds the link.
+        if self.cluster.is_some() && !self.room_programs.runs(room) {
+            self.redis_program_input(room, kind, payload);
+            return;
+        }
+        self.room_programs.send_line(room, payload);
+    }
+
     /// A member joins `room` here, another worker owns its program. The first member's
     /// `Joined` (from `room_opened`) tells the owner; a later one repeats it, so that a room
     /// whose program ended while members here were still closing gets a new one.
