@@ -489,9 +489,11 @@ fn per_worker(s: &serde_json::Value, key: &str) -> Vec<u64> {
 fn members_on_every_worker(server: &TestServer, room: &str, workers: usize) -> Vec<TcpStream> {
     let path = format!("/room/{room}");
     let mut members = Vec::new();
+    // WebSockets open already (other members of the test).
+    let before: u64 = per_worker(&stats_json(server), "websockets").iter().sum();
     while members.len() < 64 {
         members.push(server.ws_raw(&path));
-        let total = members.len() as u64;
+        let total = before + members.len() as u64;
         let mut s = stats_json(server);
         within(Duration::from_secs(2), || {
             s = stats_json(server);
@@ -687,13 +689,15 @@ fn with_workers_and_two_nodes_a_room_program_runs_once_and_every_member_hears_ea
         "connected"
     ) == "true"
         && redis_field(&stats(&b), "connected") == "true"));
-    let mut on_a = members_on_every_worker(&a, "chat", 2);
-    // The first member hears the program's greeting (it started with that member).
-    let pid: u32 = raw_text(&mut on_a[0])
+    // The first member hears the program's greeting (it starts once A holds the lease).
+    let mut first = a.ws_raw("/room/chat");
+    let pid: u32 = raw_text(&mut first)
         .strip_prefix("started ")
         .expect("a greeting")
         .parse()
         .unwrap();
+    let mut on_a = members_on_every_worker(&a, "chat", 2);
+    on_a.push(first);
     let mut on_b = members_on_every_worker(&b, "chat", 2);
     std::thread::sleep(Duration::from_millis(300));
     let running: Vec<u32> = programs_of(&a).into_iter().chain(programs_of(&b)).collect();
