@@ -46,6 +46,9 @@ pub(super) struct ServerTls {
     end: usize,
     /// The peer's `close_notify` (RFC 8446 §6.1) or TCP close was read: reads say EOF.
     eof: bool,
+    /// Application data has been encrypted: from then on the output buffer is kept for the
+    /// next records. Before, it held the handshake's flights, which are not repeated.
+    writing: bool,
 }
 
 /// Why processing stopped.
@@ -68,6 +71,7 @@ impl ServerTls {
             sent: 0,
             end: 0,
             eof: false,
+            writing: false,
         }))
     }
 
@@ -242,7 +246,7 @@ impl ServerTls {
             }
         }
         (self.sent, self.end) = (0, 0);
-        if self.out.len() > OUT_KEEP {
+        if self.out.len() > OUT_KEEP || !self.writing {
             self.out = Vec::new();
         }
         Ok(true)
@@ -324,7 +328,11 @@ impl ServerTls {
             Ok(taken)
         });
         let taken = match taken {
-            Ok(t) => t.unwrap_or(0),
+            Ok(t) => {
+                let t = t.unwrap_or(0);
+                self.writing |= t > 0;
+                t
+            }
             Err(e) => {
                 let _ = self.alert();
                 let _ = self.send(socket);
@@ -398,7 +406,9 @@ impl Out<'_> {
         &mut self,
         e: &mut EncodeTlsData<'_, rustls::server::ServerConnectionData>,
     ) -> io::Result<()> {
-        let mut need = 1024;
+        // What is there first: rustls says how much it needs (handshake messages are sized
+        // once, so that no larger buffer than that stays behind).
+        let mut need = 0;
         loop {
             match e.encode(self.room(need)) {
                 Ok(n) => {
