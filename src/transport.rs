@@ -718,10 +718,19 @@ mod tests {
             }
         }
         let mut out = Outbox::new();
-        // In pieces of several sizes, so that records and writes do not line up.
-        for piece in data.chunks(70_001) {
-            out.buf().extend_from_slice(piece);
-            out.commit();
+        // In pieces of many sizes, in the outbox's own buffer and moved in by turns (so that
+        // a write sees many slices: small ones gathered into a record, large ones sealed where
+        // they are), and records and writes do not line up.
+        let (mut at, mut i) = (0, 0);
+        while at < data.len() {
+            let size = [1, 100, 5000, 70_001, 3, 16_384, 20_000, 40][i % 8];
+            let piece = &data[at..(at + size).min(data.len())];
+            if i % 2 == 0 {
+                out.push(piece);
+            } else {
+                out.push_moved(piece.to_vec());
+            }
+            (at, i) = (at + piece.len(), i + 1);
         }
         while !t.flush(&mut out).unwrap() {
             assert!(Instant::now() < end, "{} bytes still unsent", out.len());
