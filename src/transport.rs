@@ -1,5 +1,6 @@
 //! What lies between a client's socket and the WebSocket/HTTP code: plain TCP, or TLS through
-//! `rustls::ServerConnection` (itself sans-I/O), chosen per connection by its first byte.
+//! rustls's unbuffered (sans-I/O) server connection ([`server_tls`]), chosen per connection by
+//! its first byte.
 //!
 //! The loop reads plaintext, writes plaintext and closes through [`Transport`]; the codec never
 //! asks whether the bytes were encrypted. The plain case is one enum branch away from the
@@ -11,10 +12,14 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
+use rustls::{ClientConnection, ConnectionCommon, ServerConfig};
 
 use crate::outbox::Outbox;
 use crate::socket::Stream;
+
+mod server_tls;
+
+use server_tls::ServerTls;
 
 /// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1,
 /// `ContentType.handshake`): what a ClientHello starts with.
@@ -39,8 +44,8 @@ enum Layer {
     Plain,
     /// On a TLS port, before the first byte has arrived: it says whether TLS follows.
     Undecided,
-    /// Boxed: a `ServerConnection` is large and plain connections should not pay for it.
-    Tls(Box<TlsState<ServerConnection>>),
+    /// Boxed: a TLS connection is large and plain connections should not pay for it.
+    Tls(Box<ServerTls>),
 }
 
 /// A rustls connection and the ciphertext it has not taken yet.
@@ -128,7 +133,7 @@ impl Transport {
         match &self.layer {
             Layer::Plain => false,
             Layer::Undecided => true,
-            Layer::Tls(tls) => tls.conn.is_handshaking(),
+            Layer::Tls(tls) => tls.handshaking(),
         }
     }
 
@@ -137,14 +142,6 @@ impl Transport {
         match self.layer {
             Layer::Tls(_) => "https",
             _ => "http",
-        }
-    }
-
-    /// The name the client asked for (SNI), once the handshake has read its ClientHello.
-    pub fn server_name(&self) -> Option<&str> {
-        match &self.layer {
-            Layer::Tls(tls) => tls.conn.server_name(),
-            _ => None,
         }
     }
 
@@ -162,8 +159,7 @@ impl Transport {
                 Ok(Sniffed::Nothing)
             }
             Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => {
-                let conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
-                self.layer = Layer::Tls(TlsState::new(conn));
+                self.layer = Layer::Tls(ServerTls::new(config.clone())?);
                 Ok(Sniffed::Tls)
             }
             Ok(_) => {
@@ -185,13 +181,9 @@ impl Transport {
         match &mut self.layer {
             Layer::Plain => self.socket.read(buf),
             Layer::Undecided => Err(io::ErrorKind::WouldBlock.into()),
-            Layer::Tls(tls) => tls_read(
-                &mut tls.conn,
-                &mut tls.pending,
-                &mut self.socket,
-                &mut SliceSink { buf, filled: 0 },
-                scratch,
-            ),
+            Layer::Tls(tls) => {
+                tls.read(&mut self.socket, &mut SliceSink { buf, filled: 0 }, scratch)
+            }
         }
     }
 
@@ -210,9 +202,7 @@ impl Transport {
                 // capacity: no zero-filling of memory that is about to be overwritten.
                 let start = buf.len();
                 let end = start + max.min(buf.capacity() - start);
-                let r = tls_read(
-                    &mut tls.conn,
-                    &mut tls.pending,
+                let r = tls.read(
                     &mut self.socket,
                     &mut SpareSink { buf, end, start },
                     scratch,
@@ -226,13 +216,10 @@ impl Transport {
         }
     }
 
-    /// Gives back the ciphertext buffer of a quiet connection (rustls keeps its own 4 KiB
-    /// record buffer, which it has no call to release).
+    /// Gives back the TLS buffers of a quiet connection.
     pub fn shrink(&mut self) {
         if let Layer::Tls(tls) = &mut self.layer {
-            if tls.pending.is_empty() {
-                tls.pending = Pending::default();
-            }
+            tls.shrink();
         }
     }
 
@@ -243,14 +230,7 @@ impl Transport {
     pub fn flush(&mut self, out: &mut Outbox) -> io::Result<bool> {
         match &mut self.layer {
             Layer::Plain | Layer::Undecided => out.flush_to(&mut self.socket),
-            Layer::Tls(tls) => {
-                let mut w = TlsWriter {
-                    tls: &mut tls.conn,
-                    socket: &mut self.socket,
-                };
-                let all = out.flush_to(&mut w)?;
-                Ok(all && w.push_records()?)
-            }
+            Layer::Tls(tls) => tls.flush(&mut self.socket, out),
         }
     }
 
@@ -259,19 +239,14 @@ impl Transport {
     pub fn write_now(&mut self, bytes: &[u8]) -> usize {
         match &mut self.layer {
             Layer::Plain | Layer::Undecided => self.socket.write(bytes).unwrap_or_default(),
-            Layer::Tls(tls) => TlsWriter {
-                tls: &mut tls.conn,
-                socket: &mut self.socket,
-            }
-            .write(bytes)
-            .unwrap_or_default(),
+            Layer::Tls(tls) => tls.write_now(&mut self.socket, bytes),
         }
     }
 
     /// TLS records (handshake answers, alerts) wait for the socket to take them.
     pub fn wants_write(&self) -> bool {
         match &self.layer {
-            Layer::Tls(tls) => tls.conn.wants_write(),
+            Layer::Tls(tls) => tls.wants_write(),
             _ => false,
         }
     }
@@ -279,8 +254,7 @@ impl Transport {
     /// Ends our direction: TLS sends `close_notify` first (RFC 8446 §6.1), then the FIN.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         if let Layer::Tls(tls) = &mut self.layer {
-            tls.conn.send_close_notify();
-            let _ = write_records(&mut tls.conn, &mut self.socket);
+            tls.close_notify(&mut self.socket);
         }
         self.socket.shutdown(Shutdown::Write)
     }
@@ -312,6 +286,8 @@ trait PlainSink {
     /// nothing was moved. A TCP close without `close_notify` is an EOF like any other:
     /// WebSocket and HTTP/1.1 framing say whether anything was cut short.
     fn take<D>(&mut self, tls: &mut ConnectionCommon<D>) -> io::Result<Option<usize>>;
+    /// Copies in as much of `bytes` as fits; returns how much that was.
+    fn put(&mut self, bytes: &[u8]) -> usize;
 }
 
 struct SliceSink<'a> {
@@ -326,6 +302,13 @@ impl PlainSink for SliceSink<'_> {
 
     fn filled(&self) -> usize {
         self.filled
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> usize {
+        let k = bytes.len().min(self.room());
+        self.buf[self.filled..self.filled + k].copy_from_slice(&bytes[..k]);
+        self.filled += k;
+        k
     }
 
     fn take<D>(&mut self, tls: &mut ConnectionCommon<D>) -> io::Result<Option<usize>> {
@@ -358,6 +341,12 @@ impl PlainSink for SpareSink<'_> {
 
     fn filled(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> usize {
+        let k = bytes.len().min(self.room());
+        self.buf.extend_from_slice(&bytes[..k]);
+        k
     }
 
     fn take<D>(&mut self, tls: &mut ConnectionCommon<D>) -> io::Result<Option<usize>> {
@@ -602,6 +591,23 @@ mod tests {
     /// A TLS connection over loopback: the server side as a `Transport`, the client side as
     /// rustls's blocking stream in a thread that sends `data` and then closes.
     fn pair(data: Vec<u8>) -> (Transport, std::thread::JoinHandle<()>) {
+        pair_with(move |mut s| {
+            s.write_all(&data).unwrap();
+            s.conn.send_close_notify();
+            s.flush().unwrap();
+            // Unread session tickets would turn our close into a reset: read until the end.
+            s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+            let _ = std::io::copy(&mut s.sock, &mut std::io::sink());
+        })
+    }
+
+    type Client = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+    /// A TLS connection over loopback: the server side as a `Transport`, the client side as
+    /// rustls's blocking stream, handed to `client` in a thread.
+    fn pair_with<T: Send + 'static>(
+        client: impl FnOnce(Client) -> T + Send + 'static,
+    ) -> (Transport, std::thread::JoinHandle<T>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
             .unwrap()
@@ -629,13 +635,7 @@ mod tests {
             let config = crate::tls::client_config(None, true).unwrap();
             let name = "localhost".try_into().unwrap();
             let conn = rustls::ClientConnection::new(config, name).unwrap();
-            let mut s = rustls::StreamOwned::new(conn, tcp);
-            s.write_all(&data).unwrap();
-            s.conn.send_close_notify();
-            s.flush().unwrap();
-            // Unread session tickets would turn our close into a reset: read until the end.
-            s.sock.shutdown(std::net::Shutdown::Write).unwrap();
-            let _ = std::io::copy(&mut s.sock, &mut std::io::sink());
+            client(rustls::StreamOwned::new(conn, tcp))
         });
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_nonblocking(true).unwrap();
@@ -693,6 +693,55 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+
+    #[test]
+    fn tls_flushes_send_every_byte_then_close_notify() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 11 % 241) as u8).collect();
+        // The client reads until the server's close_notify: a TCP close without it would be
+        // an `UnexpectedEof` error, not the end of `read_to_end`.
+        let (mut t, client) = pair_with(|mut s| {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).map(|_| got)
+        });
+        let mut scratch = vec![0; TLS_READ_SIZE];
+        let mut buf = [0u8; 64];
+        let end = Instant::now() + Duration::from_secs(10);
+        // The handshake completes as the client's Finished is read.
+        while t.handshaking() {
+            assert!(Instant::now() < end, "the handshake did not complete");
+            match t.read(&mut buf, &mut scratch) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                r => panic!("{r:?} during the handshake"),
+            }
+        }
+        let mut out = Outbox::new();
+        // In pieces of many sizes, in the outbox's own buffer and moved in by turns (so that
+        // a write sees many slices: small ones gathered into a record, large ones sealed where
+        // they are), and records and writes do not line up.
+        let (mut at, mut i) = (0, 0);
+        while at < data.len() {
+            let size = [1, 100, 5000, 70_001, 3, 16_384, 20_000, 40][i % 8];
+            let piece = &data[at..(at + size).min(data.len())];
+            if i % 2 == 0 {
+                out.push(piece);
+            } else {
+                out.push_moved(piece.to_vec());
+            }
+            (at, i) = (at + piece.len(), i + 1);
+        }
+        while !t.flush(&mut out).unwrap() {
+            assert!(Instant::now() < end, "{} bytes still unsent", out.len());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(out.is_empty() && !t.wants_write());
+        t.shutdown_write().unwrap();
+        let got = client.join().unwrap().expect("a clean TLS close");
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the bytes differ");
+        t.shrink();
     }
 
     #[test]

@@ -193,6 +193,35 @@ fn wss_echo_every_size_and_close() {
     assert!(closed_by_server(ws.get_mut()));
 }
 
+/// TLS 1.2 (RFC 5246) takes the same path as 1.3 through rustls's unbuffered connection, with
+/// its own record format (explicit nonce, no inner content type).
+#[test]
+fn wss_echo_over_tls_1_2() {
+    let pki = Pki::new("tls12");
+    let server = start(&[pki.leaf("server", false)], &[]);
+    let mut store = RootCertStore::empty();
+    store.add(pki.ca.der().clone()).unwrap();
+    let mut config = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut ws = wss(&server, Arc::new(config), "/echo");
+    assert_eq!(
+        ws.get_ref().conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    for size in [0, 125, 16 * 1024, 100_000] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 17 % 251) as u8).collect();
+        echo(&mut ws, Message::binary(data));
+    }
+    ws.close(None).unwrap();
+    match ws.read() {
+        Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => {}
+        other => panic!("expected the server's close frame: {other:?}"),
+    }
+    assert!(closed_by_server(ws.get_mut()));
+}
+
 #[test]
 fn https_pages_publish_and_origin_over_tls() {
     let pki = Pki::new("https");
