@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use wsloop::cluster::envelope::{Accept, Envelope, GapCounter, Receiver, Verdict};
+use wsloop::cluster::lease::LeaseOp;
 use wsloop::cluster::redis::{Event, LinkError, RedisLink, Settings, Side};
 use wsloop::connection::MessageKind;
 
@@ -83,8 +84,8 @@ fn gaps(data: &[u8]) {
     }
 }
 
-/// Any bytes from Redis, on either connection, whole or cut in two: no panic, messages only
-/// for the room joined, nothing after the link is lost, and the same events either way (the
+/// Any bytes from Redis, on either connection, whole or cut in two: no panic, messages (and
+/// room-program input and lease answers) only for the room joined, nothing after the link is lost, and the same events either way (the
 /// same messages, and lost or not).
 fn link(mode: u8, data: &[u8]) {
     let side = if mode & 0x80 != 0 {
@@ -129,8 +130,11 @@ fn run(side: Side, pieces: &[&[u8]]) -> Vec<Event> {
     }
     assert!(l.is_up());
     assert_eq!(l.poll_event(), Some(Event::Up));
-    // One publish waits for its reply, so that an integer on the publisher can be right.
+    // One publish waits for its reply, so that an integer on the publisher can be right; a
+    // room program's lease command waits for its answer, and its input channel is live.
     l.publish("r", MessageKind::Text, b"x");
+    assert!(l.lease(LeaseOp::Acquire, "r", Duration::from_secs(10)));
+    l.subscribe_input("r");
     let mut events = Vec::new();
     for p in pieces {
         l.receive(side, p, t0);
@@ -140,7 +144,10 @@ fn run(side: Side, pieces: &[&[u8]]) -> Vec<Event> {
     for e in &events {
         assert!(!down, "an event after the link was lost: {events:?}");
         match e {
-            Event::Message { room, .. } => assert_eq!(room, "r"),
+            Event::Message { room, .. } | Event::Input { room, .. } => assert_eq!(room, "r"),
+            Event::Lease { op, room, .. } => {
+                assert_eq!((*op, room.as_str()), (LeaseOp::Acquire, "r"));
+            }
             Event::Down { .. } => down = true,
             Event::Up => panic!("up twice"),
         }
