@@ -4,72 +4,18 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use wsloop::cluster::redis::{Action, Event, Settings, Side};
 use wsloop::cluster::{LeaseEvent, LeaseSettings, Leases, RedisLink};
 use wsloop::connection::MessageKind;
 
-use common::have_tool;
+use common::redis::{free_port, have_redis, Redis};
 
-fn have_redis() -> bool {
-    have_tool(
-        Command::new("redis-server").arg("--version"),
-        "redis-server",
-        "apt-get install redis-server",
-    )
-}
-
-/// `redis-server` on a free port, no persistence, killed by its PID when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(redis.addr()) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut b = [0u8; 7];
-                if s.write_all(b"PING\r\n").is_ok()
-                    && s.read_exact(&mut b).is_ok()
-                    && &b == b"+PONG\r\n"
-                {
-                    return redis;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Where the test's Redis listens.
+fn addr(redis: &Redis) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], redis.port))
 }
 
 /// One node: the link, its leases, and the two sockets (blocking reads with a short timeout).
@@ -102,7 +48,7 @@ impl Node {
                 retry: RETRY,
             }),
             sockets: None,
-            addr: redis.addr(),
+            addr: addr(&redis),
             lease_events: Vec::new(),
             inputs: Vec::new(),
         }
@@ -192,7 +138,7 @@ fn one_node_holds_a_rooms_lease_the_other_takes_it_on_release_and_input_crosses(
     if !have_redis() {
         return;
     }
-    let redis = Redis::start();
+    let redis = Redis::start(free_port());
     let prefix = format!("wsloop-lease-{}", std::process::id());
     let mut a = Node::new(&redis, 1, &prefix);
     let mut b = Node::new(&redis, 2, &prefix);
@@ -244,7 +190,7 @@ fn a_node_that_stops_renewing_loses_its_lease_before_the_other_can_take_it() {
     if !have_redis() {
         return;
     }
-    let redis = Redis::start();
+    let redis = Redis::start(free_port());
     let prefix = format!("wsloop-lease2-{}", std::process::id());
     let mut a = Node::new(&redis, 1, &prefix);
     let mut b = Node::new(&redis, 2, &prefix);
