@@ -48,7 +48,7 @@ impl Node {
                 retry: RETRY,
             }),
             sockets: None,
-            addr: addr(&redis),
+            addr: addr(redis),
             lease_events: Vec::new(),
             inputs: Vec::new(),
         }
