@@ -439,25 +439,43 @@ impl Out<'_> {
         &mut self.buf[*self.end..]
     }
 
-    fn encode(
+    /// Runs a rustls encoder into the room at the end of the buffer, growing the room to
+    /// what rustls says it needs when the first guess (`need`) is short.
+    fn put<E: std::fmt::Display>(
         &mut self,
-        e: &mut EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+        mut need: usize,
+        mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        required: impl Fn(&E) -> Option<usize>,
     ) -> io::Result<()> {
-        // What is there first: rustls says how much it needs (handshake messages are sized
-        // once, so that no larger buffer than that stays behind).
-        let mut need = 0;
         loop {
-            match e.encode(self.room(need)) {
+            match write(self.room(need)) {
                 Ok(n) => {
                     *self.end += n;
                     return Ok(());
                 }
-                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    need = required_size
-                }
-                Err(e) => return Err(io::Error::other(e.to_string())),
+                Err(e) => match required(&e) {
+                    Some(size) => need = size,
+                    None => return Err(io::Error::other(e.to_string())),
+                },
             }
         }
+    }
+
+    /// Handshake messages are sized by rustls first, so that no larger buffer stays behind.
+    fn encode(
+        &mut self,
+        e: &mut EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+    ) -> io::Result<()> {
+        self.put(
+            0,
+            |room| e.encode(room),
+            |err| match err {
+                EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                    Some(*required_size)
+                }
+                _ => None,
+            },
+        )
     }
 
     fn encrypt(
@@ -465,38 +483,25 @@ impl Out<'_> {
         w: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
         plain: &[u8],
     ) -> io::Result<()> {
-        let mut need = plain.len() + RECORD_OVERHEAD * (plain.len() / (16 * 1024) + 1);
-        loop {
-            match w.encrypt(plain, self.room(need)) {
-                Ok(n) => {
-                    *self.end += n;
-                    return Ok(());
-                }
-                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    need = required_size
-                }
-                Err(e) => return Err(io::Error::other(e.to_string())),
-            }
-        }
+        let need = plain.len() + RECORD_OVERHEAD * (plain.len() / (16 * 1024) + 1);
+        self.put(need, |room| w.encrypt(plain, room), encrypt_size)
     }
 
     fn close_notify(
         &mut self,
         w: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
     ) -> io::Result<()> {
-        let mut need = 64;
-        loop {
-            match w.queue_close_notify(self.room(need)) {
-                Ok(n) => {
-                    *self.end += n;
-                    return Ok(());
-                }
-                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                    need = required_size
-                }
-                Err(e) => return Err(io::Error::other(e.to_string())),
-            }
+        self.put(64, |room| w.queue_close_notify(room), encrypt_size)
+    }
+}
+
+/// The room an encryption asked for, when what it had was short.
+fn encrypt_size(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
         }
+        _ => None,
     }
 }
 
