@@ -125,6 +125,8 @@ pub fn server_config(files: &[CertFiles]) -> Result<Arc<ServerConfig>, TlsFileEr
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(ByServerName { keys }));
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // TLS 1.3 records are protected by `transport::records` once the handshake is done.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -181,6 +183,8 @@ pub fn client_config(
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // TLS 1.3 records are protected by `transport::records` once the handshake is done.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -17,6 +17,7 @@ use rustls::{ClientConnection, ConnectionCommon, ServerConfig};
 use crate::outbox::Outbox;
 use crate::socket::Stream;
 
+pub mod records;
 mod server_tls;
 
 use server_tls::ServerTls;
@@ -247,6 +248,19 @@ impl Transport {
     pub fn wants_write(&self) -> bool {
         match &self.layer {
             Layer::Tls(tls) => tls.wants_write(),
+            _ => false,
+        }
+    }
+
+    /// On a TLS 1.3 connection past its handshake: lowers the record count after which our
+    /// key is replaced; returns whether [`records`] protects the connection.
+    #[cfg(test)]
+    fn set_tls_rekey_limit(&mut self, limit: u64) -> bool {
+        match &mut self.layer {
+            Layer::Tls(tls) => {
+                tls.set_rekey_limit(limit);
+                tls.records_took_over()
+            }
             _ => false,
         }
     }
@@ -742,6 +756,115 @@ mod tests {
         assert_eq!(got.len(), data.len());
         assert!(got == data, "the bytes differ");
         t.shrink();
+    }
+
+    /// Completes the handshake on the server side.
+    fn handshake(t: &mut Transport) {
+        let mut scratch = vec![0; TLS_READ_SIZE];
+        let end = Instant::now() + Duration::from_secs(10);
+        while t.handshaking() {
+            assert!(Instant::now() < end, "the handshake did not complete");
+            match t.read(&mut [0; 64], &mut scratch) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                r => panic!("{r:?} during the handshake"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls13_key_updates_both_ways_keep_every_byte() {
+        let data: Vec<u8> = (0..150_000u32).map(|i| (i * 17 % 253) as u8).collect();
+        let sent = data.clone();
+        // rustls's client asks for our KeyUpdate with each of its own (RFC 8446 §4.6.3).
+        let (mut t, client) = pair_with(move |mut s| {
+            for part in sent.chunks(40_000) {
+                s.write_all(part).unwrap();
+                s.conn.refresh_traffic_keys().unwrap();
+            }
+            s.flush().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).map(|_| got)
+        });
+        let mut scratch = vec![0; TLS_READ_SIZE];
+        let mut buf = vec![0; 3000];
+        let (mut echoed, mut out, mut limited) = (0, Outbox::new(), false);
+        let end = Instant::now() + Duration::from_secs(10);
+        while echoed < data.len() || !out.is_empty() {
+            assert!(Instant::now() < end, "{echoed} bytes echoed");
+            let r = t.read(&mut buf, &mut scratch);
+            if !limited {
+                // Once ours, our key is replaced every 5 records.
+                limited = t.set_tls_rekey_limit(5);
+            }
+            match r {
+                Ok(0) => panic!("EOF after {echoed} bytes"),
+                Ok(n) => {
+                    out.push(&buf[..n]);
+                    echoed += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+            t.flush(&mut out).unwrap();
+        }
+        while t.wants_write() {
+            assert!(Instant::now() < end, "records still unsent");
+            t.flush(&mut out).unwrap();
+        }
+        assert!(limited, "TLS 1.3 records were never protected by `records`");
+        t.shutdown_write().unwrap();
+        let got = client.join().unwrap().expect("a clean TLS close");
+        assert!(
+            got == data,
+            "{} bytes came back, not the {} sent",
+            got.len(),
+            data.len()
+        );
+    }
+
+    #[test]
+    fn tls13_bad_records_get_the_alert_that_names_them() {
+        // A record that fails authentication; one too long (RFC 8446 §5.2); a plaintext
+        // change_cipher_spec after the handshake.
+        let mut forged = vec![23, 3, 3, 0, 40];
+        forged.extend_from_slice(&[0x5a; 40]);
+        let cases: [(Vec<u8>, &str); 3] = [
+            (forged, "BadRecordMac"),
+            (vec![23, 3, 3, 0x41, 0x01], "RecordOverflow"),
+            (vec![20, 3, 3, 0, 1, 1], "UnexpectedMessage"),
+        ];
+        for (bytes, alert) in cases {
+            let (mut t, client) = pair_with(move |mut s| {
+                s.conn.complete_io(&mut s.sock).unwrap();
+                // Past rustls: these bytes are ours, not a record it made.
+                s.sock.write_all(&bytes).unwrap();
+                let mut buf = [0; 16];
+                match s.read(&mut buf) {
+                    Err(e) => e.to_string(),
+                    Ok(n) => format!("read {n} bytes"),
+                }
+            });
+            handshake(&mut t);
+            let mut scratch = vec![0; TLS_READ_SIZE];
+            let end = Instant::now() + Duration::from_secs(10);
+            let err = loop {
+                assert!(Instant::now() < end, "the bad record was not noticed");
+                match t.read(&mut [0; 64], &mut scratch) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) => break e,
+                    Ok(n) => panic!("{n} bytes from a bad record"),
+                }
+            };
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            let said = client.join().unwrap();
+            assert!(said.contains(alert), "the client saw {said:?}, not {alert}");
+        }
     }
 
     #[test]

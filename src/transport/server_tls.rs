@@ -1,8 +1,10 @@
-//! The server side of TLS through rustls's unbuffered API: ciphertext is processed where the
-//! socket put it (the loop's shared read buffer), and records are encrypted straight into one
-//! per-connection output buffer. rustls's buffered `ServerConnection` copies every record
-//! into its own input buffer and allocates every record it sends; at small messages that
-//! per-record work cost more than the cipher.
+//! The server side of TLS. rustls's unbuffered API runs the handshake (and all of a TLS 1.2
+//! connection); a TLS 1.3 connection then has its records protected by [`Records`], with the
+//! keys rustls hands over. Either way ciphertext is processed where the socket put it (the
+//! loop's shared read buffer), and records are encrypted straight into one per-connection
+//! output buffer. rustls's buffered `ServerConnection` copies every record into its own input
+//! buffer and allocates every record it sends; at small messages that per-record work cost
+//! more than the cipher.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
@@ -11,8 +13,9 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, WriteTraffic,
 };
-use rustls::ServerConfig;
+use rustls::{ProtocolVersion, ServerConfig};
 
+use super::records::{self, Opened, RecordError, Records};
 use super::{Pending, PlainSink};
 use crate::outbox::Outbox;
 
@@ -42,7 +45,7 @@ const MAX_STATES: usize = 64;
 
 /// A server TLS connection and the bytes it has not passed on yet.
 pub(super) struct ServerTls {
-    conn: UnbufferedServerConnection,
+    session: Session,
     /// Ciphertext not processed yet: a record cut by the end of a read, or records left
     /// when the reader's buffer filled up. The unprocessed bytes always stay in front.
     input: Pending,
@@ -61,6 +64,17 @@ pub(super) struct ServerTls {
     writing: bool,
 }
 
+/// Who protects the records.
+enum Session {
+    /// rustls: the handshake, and the whole of a TLS 1.2 connection. Boxed, so that a
+    /// connection gives its memory back once [`Records`] takes over.
+    Rustls(Box<UnbufferedServerConnection>),
+    /// A TLS 1.3 connection after its handshake.
+    Records(Box<Records>),
+    /// The hand-over failed; the connection is being closed.
+    Lost,
+}
+
 /// Why processing stopped.
 enum Stop {
     /// A record is incomplete (or the handshake waits for the peer): read the socket.
@@ -74,7 +88,9 @@ enum Stop {
 impl ServerTls {
     pub(super) fn new(config: Arc<ServerConfig>) -> io::Result<Box<Self>> {
         Ok(Box::new(ServerTls {
-            conn: UnbufferedServerConnection::new(config).map_err(io::Error::other)?,
+            session: Session::Rustls(Box::new(
+                UnbufferedServerConnection::new(config).map_err(io::Error::other)?,
+            )),
             input: Pending::default(),
             plain: Pending::default(),
             stage: Vec::new(),
@@ -87,7 +103,41 @@ impl ServerTls {
     }
 
     pub(super) fn handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        match &self.session {
+            Session::Rustls(conn) => conn.is_handshaking(),
+            Session::Records(_) | Session::Lost => false,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn set_rekey_limit(&mut self, limit: u64) {
+        if let Session::Records(records) = &mut self.session {
+            records.set_rekey_limit(limit);
+        }
+    }
+
+    /// Whether [`Records`] has taken over from rustls.
+    #[cfg(test)]
+    pub(super) fn records_took_over(&self) -> bool {
+        matches!(self.session, Session::Records(_))
+    }
+
+    /// Once rustls has finished a TLS 1.3 handshake and has nothing left to send, its keys go
+    /// to [`Records`] (rustls's kernel-TLS hand-over; `enable_secret_extraction` is set).
+    fn take_over(&mut self) -> io::Result<()> {
+        match &self.session {
+            Session::Rustls(conn)
+                if !conn.is_handshaking()
+                    && conn.protocol_version() == Some(ProtocolVersion::TLSv1_3) => {}
+            _ => return Ok(()),
+        }
+        let Session::Rustls(conn) = std::mem::replace(&mut self.session, Session::Lost) else {
+            unreachable!("matched above");
+        };
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+        let records = Records::from_kernel(secrets, kernel).map_err(record_error)?;
+        self.session = Session::Records(Box::new(records));
+        Ok(())
     }
 
     /// Records are waiting for the socket.
@@ -128,7 +178,7 @@ impl ServerTls {
         if !self.input.is_empty() {
             let at = self.input.at;
             let r = process(
-                &mut self.conn,
+                &mut self.session,
                 &mut self.input.buf[at..],
                 sink,
                 &mut self.plain,
@@ -140,7 +190,7 @@ impl ServerTls {
             let (used, stop) = self.settle(socket, r)?;
             self.input.consume(used);
             match stop {
-                Stop::NeedData => {}
+                Stop::NeedData => self.take_over()?,
                 Stop::Full => return Ok(sink.filled()),
                 Stop::Closed => {
                     self.eof = true;
@@ -178,7 +228,7 @@ impl ServerTls {
             scratch[..kept].copy_from_slice(self.input.rest());
             self.input.consume(kept);
             let r = process(
-                &mut self.conn,
+                &mut self.session,
                 &mut scratch[..len],
                 sink,
                 &mut self.plain,
@@ -190,6 +240,9 @@ impl ServerTls {
             let (used, stop) = self.settle(socket, r)?;
             if used < len {
                 self.input.buf.extend_from_slice(&scratch[used..len]);
+            }
+            if let Stop::NeedData = stop {
+                self.take_over()?;
             }
             match stop {
                 Stop::NeedData if len < scratch.len() => {
@@ -229,14 +282,17 @@ impl ServerTls {
         }
     }
 
-    /// After a TLS error: encodes the alert rustls queued for it.
+    /// After a TLS error: encodes the alert rustls queued for it ([`Records`] seals its own).
     fn alert(&mut self) -> io::Result<()> {
+        let Session::Rustls(conn) = &mut self.session else {
+            return Ok(());
+        };
         for _ in 0..MAX_STATES {
             let mut out = Out {
                 buf: &mut self.out,
                 end: &mut self.end,
             };
-            match self.conn.process_tls_records(&mut []).state {
+            match conn.process_tls_records(&mut []).state {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => out.encode(&mut e)?,
                 Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 _ => break,
@@ -274,13 +330,16 @@ impl ServerTls {
             &mut Out<'_>,
         ) -> io::Result<R>,
     ) -> io::Result<Option<R>> {
+        let Session::Rustls(conn) = &mut self.session else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
         for _ in 0..MAX_STATES {
             let at = self.input.at;
             let mut out = Out {
                 buf: &mut self.out,
                 end: &mut self.end,
             };
-            let status = self.conn.process_tls_records(&mut self.input.buf[at..]);
+            let status = conn.process_tls_records(&mut self.input.buf[at..]);
             let discard = status.discard;
             let result = match status.state {
                 Ok(ConnectionState::WriteTraffic(mut w)) => return f(&mut w, &mut out).map(Some),
@@ -324,6 +383,16 @@ impl ServerTls {
     ) -> io::Result<usize> {
         if !self.send(socket)? {
             return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if let Session::Records(records) = &mut self.session {
+            let mut out = Out {
+                buf: &mut self.out,
+                end: &mut self.end,
+            };
+            let taken = seal_vectored(records, &mut out, bufs).map_err(record_error)?;
+            self.writing |= taken > 0;
+            self.send(socket)?;
+            return Ok(taken);
         }
         let mut stage = std::mem::take(&mut self.stage);
         let taken = self.with_writer(|w, out| {
@@ -399,7 +468,14 @@ impl ServerTls {
 
     /// Queues `close_notify` (RFC 8446 §6.1) and sends what the socket takes.
     pub(super) fn close_notify<S: Write>(&mut self, socket: &mut S) {
-        let _ = self.with_writer(|w, out| out.close_notify(w));
+        if let Session::Records(records) = &mut self.session {
+            let _ = records.close_notify(&mut Out {
+                buf: &mut self.out,
+                end: &mut self.end,
+            });
+        } else {
+            let _ = self.with_writer(|w, out| out.close_notify(w));
+        }
         let _ = self.send(socket);
     }
 }
@@ -495,6 +571,67 @@ impl Out<'_> {
     }
 }
 
+impl records::Sink for Out<'_> {
+    fn written(&self) -> usize {
+        *self.end
+    }
+
+    fn filled_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..*self.end]
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.room(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        *self.end += bytes.len();
+    }
+
+    fn append_zeroed(&mut self, n: usize) {
+        self.room(n);
+        *self.end += n;
+    }
+}
+
+/// Seals up to [`WRITE_MAX`] bytes of `bufs` into `out`: small pieces gathered into records
+/// of up to 2^14 bytes, large ones (or a lone one) encrypted from where they lie.
+fn seal_vectored(
+    records: &mut Records,
+    out: &mut Out<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Result<usize, RecordError> {
+    use records::Sink;
+    let mut taken = 0;
+    // Where the record being gathered starts.
+    let mut open = None;
+    for b in bufs {
+        let chunk = &b[..b.len().min(WRITE_MAX - taken)];
+        if chunk.len() >= STAGE_DIRECT || bufs.len() == 1 {
+            if let Some(start) = open.take() {
+                records.finish(out, start)?;
+            }
+            records.seal(out, chunk)?;
+        } else if !chunk.is_empty() {
+            if let Some(start) = open {
+                if out.written() - start - records::HEADER + chunk.len() > records::MAX_PLAIN {
+                    records.finish(out, start)?;
+                    open = None;
+                }
+            }
+            if open.is_none() {
+                open = Some(records.begin(out)?);
+            }
+            out.append(chunk);
+        }
+        taken += chunk.len();
+        if taken == WRITE_MAX {
+            break;
+        }
+    }
+    if let Some(start) = open {
+        records.finish(out, start)?;
+    }
+    Ok(taken)
+}
+
 /// The room an encryption asked for, when what it had was short.
 fn encrypt_size(e: &EncryptError) -> Option<usize> {
     match e {
@@ -509,12 +646,22 @@ fn encrypt_size(e: &EncryptError) -> Option<usize> {
 /// plaintext into `sink` (what does not fit into `plain`) and handshake records into `out`.
 /// Returns how many bytes of `input` are done with and why it stopped.
 fn process(
-    conn: &mut UnbufferedServerConnection,
+    session: &mut Session,
     input: &mut [u8],
     sink: &mut impl PlainSink,
     plain: &mut Pending,
     out: &mut Out<'_>,
 ) -> io::Result<(usize, Stop)> {
+    let conn = match session {
+        Session::Rustls(conn) => conn,
+        Session::Records(records) => {
+            return open_records(records, input, sink, plain, out).map_err(|e| {
+                records.alert(out, &e);
+                record_error(e)
+            })
+        }
+        Session::Lost => return Err(io::ErrorKind::BrokenPipe.into()),
+    };
     let mut used = 0;
     loop {
         let status = conn.process_tls_records(&mut input[used..]);
@@ -551,6 +698,42 @@ fn process(
             return Ok((used, stop));
         }
     }
+}
+
+/// [`process`] for a [`Records`] session: opens the complete records at the front of `input`
+/// in place, until the sink is full.
+fn open_records(
+    records: &mut Records,
+    input: &mut [u8],
+    sink: &mut impl PlainSink,
+    plain: &mut Pending,
+    out: &mut Out<'_>,
+) -> Result<(usize, Stop), RecordError> {
+    let mut used = 0;
+    loop {
+        let Some(n) = records::complete(&input[used..])? else {
+            return Ok((used, Stop::NeedData));
+        };
+        let record = &mut input[used..used + n];
+        used += n;
+        match records.open(record, out)? {
+            Opened::Data { start, end } => {
+                let data = &record[start..end];
+                let k = sink.put(data);
+                plain.buf.extend_from_slice(&data[k..]);
+                if sink.room() == 0 {
+                    return Ok((used, Stop::Full));
+                }
+            }
+            Opened::Nothing => {}
+            Opened::Closed => return Ok((used, Stop::Closed)),
+        }
+    }
+}
+
+/// A record error as the loop expects it (`InvalidData`: logged, the connection ends).
+fn record_error(e: RecordError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 /// A TLS error as the loop expects it (`InvalidData`: logged, the connection ends).
