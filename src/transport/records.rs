@@ -174,7 +174,9 @@ pub trait NextKeys {
     fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error>;
 }
 
-impl NextKeys for KernelConnection<ServerConnectionData> {
+/// Boxed: it is large (560 bytes) and needed only on a KeyUpdate, while the rest of
+/// [`Records`] is read for every record.
+impl NextKeys for Box<KernelConnection<ServerConnectionData>> {
     fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
         self.update_rx_secret()
     }
@@ -185,7 +187,7 @@ impl NextKeys for KernelConnection<ServerConnectionData> {
 }
 
 /// The protected records of one TLS 1.3 connection.
-pub struct Records<K = KernelConnection<ServerConnectionData>> {
+pub struct Records<K = Box<KernelConnection<ServerConnectionData>>> {
     rx: Direction,
     tx: Direction,
     /// Records sealed under one key before it is replaced by a KeyUpdate (the suite's
@@ -206,7 +208,7 @@ impl Records {
             SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
             _ => return Err(RecordError::Keys("not a TLS 1.3 suite".into())),
         };
-        Records::new(secrets, kernel, limit)
+        Records::new(secrets, Box::new(kernel), limit)
     }
 }
 

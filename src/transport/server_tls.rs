@@ -69,8 +69,9 @@ enum Session {
     /// rustls: the handshake, and the whole of a TLS 1.2 connection. Boxed, so that a
     /// connection gives its memory back once [`Records`] takes over.
     Rustls(Box<UnbufferedServerConnection>),
-    /// A TLS 1.3 connection after its handshake.
-    Records(Box<Records>),
+    /// A TLS 1.3 connection after its handshake (inline: what it reads for every record is
+    /// a few words beside the connection's buffers).
+    Records(Records),
     /// The hand-over failed; the connection is being closed.
     Lost,
 }
@@ -136,7 +137,7 @@ impl ServerTls {
         };
         let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
         let records = Records::from_kernel(secrets, kernel).map_err(record_error)?;
-        self.session = Session::Records(Box::new(records));
+        self.session = Session::Records(records);
         Ok(())
     }
 
