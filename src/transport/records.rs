@@ -680,8 +680,12 @@ mod tests {
         let over = [&vec![1; MAX_PLAIN][..], &[APPLICATION_DATA], &[0; 9]].concat();
         let (mut client, mut server) = pair(u64::MAX);
         let mut wire = Vec::new();
-        client.seal_one(&mut wire, 0, &at_limit[..at_limit.len() - 1]).unwrap();
-        client.seal_one(&mut wire, 0, &over[..over.len() - 1]).unwrap();
+        client
+            .seal_one(&mut wire, 0, &at_limit[..at_limit.len() - 1])
+            .unwrap();
+        client
+            .seal_one(&mut wire, 0, &over[..over.len() - 1])
+            .unwrap();
         let (got, events) = open_all(&mut server, &mut wire, &mut Vec::new());
         assert_eq!(got, b"hi");
         assert_eq!(events, [Err(RecordError::Overflow(MAX_PLAIN + 10))]);
@@ -698,11 +702,18 @@ mod tests {
         }
         let (got, events) = open_all(&mut server, &mut wire, &mut back);
         assert_eq!(got.len(), MAX_KEY_UPDATES as usize + 1);
-        assert!(events.iter().all(|e| *e == Ok(Opened::Nothing)), "{events:?}");
+        assert!(
+            events.iter().all(|e| *e == Ok(Opened::Nothing)),
+            "{events:?}"
+        );
         server.seal(&mut back, b"reply").unwrap();
         let (got, events) = open_all(&mut client, &mut back, &mut Vec::new());
         assert_eq!(got, b"reply");
-        assert_eq!(events, [Ok(Opened::Nothing)], "one KeyUpdate answers them all");
+        assert_eq!(
+            events,
+            [Ok(Opened::Nothing)],
+            "one KeyUpdate answers them all"
+        );
         // Once we have written since, a new request gets a new answer.
         let mut wire = Vec::new();
         client.key_update(&mut wire, true).unwrap();
