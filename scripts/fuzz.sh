@@ -19,7 +19,7 @@ if [ "$SECS" -lt 1 ] || [ "$SECS" -gt 86400 ]; then
   echo "fuzz.sh: SECONDS must be 1..86400" >&2
   exit 2
 fi
-ALL=(frame_header connection handshake http_static utf8 origin inflate chunked envelope)
+ALL=(frame_header connection handshake http_static utf8 origin inflate chunked envelope tls_records)
 if [ "$#" -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 parallel=()
 if [ "${FUZZ_JOBS:-1}" -gt 1 ]; then

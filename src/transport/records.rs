@@ -89,7 +89,8 @@ impl Direction {
 pub enum RecordError {
     /// A record of a type other than application_data after the handshake (§5).
     UnexpectedType(u8),
-    /// A record over 2^14 + 256 bytes, or plaintext over 2^14 (§5.2, §5.4).
+    /// A record over 2^14 + 256 bytes, or an inner plaintext (content, type and padding)
+    /// over 2^14 + 1 (§5.2, §5.4).
     Overflow(usize),
     /// The record did not authenticate (§5.2).
     BadMac,
@@ -195,6 +196,9 @@ pub struct Records<K = Box<KernelConnection<ServerConnectionData>>> {
     limit: u64,
     /// KeyUpdates read since the last application data.
     key_updates: u8,
+    /// The last record we sealed is a KeyUpdate: it answers any request for ours read since
+    /// (§4.6.3: while silent, a single update answers several).
+    updated_last: bool,
     keys: K,
 }
 
@@ -222,6 +226,7 @@ impl<K: NextKeys> Records<K> {
             tx: Direction::new(tx_seq, tx)?,
             limit,
             key_updates: 0,
+            updated_last: false,
             keys,
         })
     }
@@ -236,13 +241,15 @@ impl<K: NextKeys> Records<K> {
             .key
             .open_in_place(nonce, Aad::from(&header[..]), body)
             .map_err(|_| RecordError::BadMac)?;
+        // RFC 8446 §5.4: padding does not raise the limit; the whole inner plaintext is at
+        // most 2^14 + 1 bytes.
+        if plain.len() > MAX_PLAIN + 1 {
+            return Err(RecordError::Overflow(plain.len()));
+        }
         // RFC 8446 §5.4: the content type is the last non-zero byte; zeros after it are padding.
         let Some(at) = plain.iter().rposition(|&b| b != 0) else {
             return Err(RecordError::NoContentType);
         };
-        if at > MAX_PLAIN {
-            return Err(RecordError::Overflow(at));
-        }
         match plain[at] {
             APPLICATION_DATA => {
                 self.key_updates = 0;
@@ -277,7 +284,7 @@ impl<K: NextKeys> Records<K> {
                     .next_rx()
                     .map_err(|e| RecordError::Keys(e.to_string()))?;
                 self.rx = Direction::new(seq, secrets)?;
-                if request == 1 {
+                if request == 1 && !self.updated_last {
                     self.update_tx(out)?;
                 }
                 Ok(Opened::Nothing)
@@ -309,6 +316,7 @@ impl<K: NextKeys> Records<K> {
         let plain = out.written() - start - HEADER;
         let header = header(plain);
         let nonce = self.tx.next_nonce()?;
+        self.updated_last = false;
         out.append(&[0; 1 + TAG]);
         let record = &mut out.filled_mut()[start..];
         record[..HEADER].copy_from_slice(&header);
@@ -351,6 +359,7 @@ impl<K: NextKeys> Records<K> {
     ) -> Result<(), RecordError> {
         let header = header(plain.len());
         let nonce = self.tx.next_nonce()?;
+        self.updated_last = false;
         let start = out.written();
         out.append_zeroed(HEADER + plain.len() + 1 + TAG);
         let record = &mut out.filled_mut()[start..];
@@ -391,6 +400,7 @@ impl<K: NextKeys> Records<K> {
             .next_tx()
             .map_err(|e| RecordError::Keys(e.to_string()))?;
         self.tx = Direction::new(seq, secrets)?;
+        self.updated_last = true;
         Ok(())
     }
 }
@@ -661,8 +671,58 @@ mod tests {
             .unwrap();
         assert_eq!(
             server.open(&mut wire, &mut Vec::new()),
-            Err(RecordError::Overflow(MAX_PLAIN + 1))
+            Err(RecordError::Overflow(MAX_PLAIN + 2))
         );
+    }
+
+    #[test]
+    fn padding_does_not_raise_the_limit_on_the_inner_plaintext() {
+        // §5.4: content, type and padding together at most 2^14 + 1 bytes.
+        let at_limit = [&b"hi"[..], &[APPLICATION_DATA], &vec![0; MAX_PLAIN - 2]].concat();
+        let over = [&vec![1; MAX_PLAIN][..], &[APPLICATION_DATA], &[0; 9]].concat();
+        let (mut client, mut server) = pair(u64::MAX);
+        let mut wire = Vec::new();
+        client
+            .seal_one(&mut wire, 0, &at_limit[..at_limit.len() - 1])
+            .unwrap();
+        client
+            .seal_one(&mut wire, 0, &over[..over.len() - 1])
+            .unwrap();
+        let (got, events) = open_all(&mut server, &mut wire, &mut Vec::new());
+        assert_eq!(got, b"hi");
+        assert_eq!(events, [Err(RecordError::Overflow(MAX_PLAIN + 10))]);
+    }
+
+    #[test]
+    fn requests_read_while_silent_get_a_single_key_update() {
+        let (mut client, mut server) = pair(u64::MAX);
+        let (mut wire, mut back) = (Vec::new(), Vec::new());
+        // More requests than a peer accepts KeyUpdates in a row without data.
+        for _ in 0..=MAX_KEY_UPDATES {
+            client.key_update(&mut wire, true).unwrap();
+            client.seal(&mut wire, b"x").unwrap();
+        }
+        let (got, events) = open_all(&mut server, &mut wire, &mut back);
+        assert_eq!(got.len(), MAX_KEY_UPDATES as usize + 1);
+        assert!(
+            events.iter().all(|e| *e == Ok(Opened::Nothing)),
+            "{events:?}"
+        );
+        server.seal(&mut back, b"reply").unwrap();
+        let (got, events) = open_all(&mut client, &mut back, &mut Vec::new());
+        assert_eq!(got, b"reply");
+        assert_eq!(
+            events,
+            [Ok(Opened::Nothing)],
+            "one KeyUpdate answers them all"
+        );
+        // Once we have written since, a new request gets a new answer.
+        let mut wire = Vec::new();
+        client.key_update(&mut wire, true).unwrap();
+        let mut back = Vec::new();
+        open_all(&mut server, &mut wire, &mut back);
+        let (_, events) = open_all(&mut client, &mut back, &mut Vec::new());
+        assert_eq!(events, [Ok(Opened::Nothing)]);
     }
 
     #[test]
