@@ -17,6 +17,7 @@ use rustls::{ClientConnection, ConnectionCommon, ServerConfig};
 use crate::outbox::Outbox;
 use crate::socket::Stream;
 
+pub mod aead;
 pub mod records;
 mod server_tls;
 

@@ -10,17 +10,13 @@
 
 use std::fmt;
 
-use aws_lc_rs::aead::{
-    Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305,
-};
+use super::aead::{Aead, Algorithm, TAG};
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, SupportedCipherSuite};
 
 /// A record header: type, legacy version, length (RFC 8446 §5.1).
 pub const HEADER: usize = 5;
-/// The AEAD tag of every TLS 1.3 suite.
-const TAG: usize = 16;
 /// Plaintext per record at most (RFC 8446 §5.1: 2^14 bytes).
 pub const MAX_PLAIN: usize = 1 << 14;
 /// A protected record's length at most (RFC 8446 §5.2: 2^14 + 256).
@@ -42,35 +38,33 @@ const MAX_KEY_UPDATES: u8 = 32;
 
 /// One direction's key, static IV and sequence number (RFC 8446 §5.3).
 struct Direction {
-    key: LessSafeKey,
+    key: Aead,
     iv: [u8; 12],
     seq: u64,
 }
 
 impl Direction {
     fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Result<Self, RecordError> {
-        let (alg, key, iv): (&'static Algorithm, _, _) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
+        let (alg, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Algorithm::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Algorithm::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (Algorithm::Chacha20Poly1305, key, iv)
+            }
             _ => return Err(RecordError::Keys("an AEAD this layer does not know".into())),
         };
-        let key = UnboundKey::new(alg, key.as_ref())
+        let key = Aead::new(alg, key.as_ref())
             .map_err(|_| RecordError::Keys("the AEAD refused the key".into()))?;
         let iv = iv
             .as_ref()
             .try_into()
             .map_err(|_| RecordError::Keys("an IV that is not 12 bytes".into()))?;
-        Ok(Direction {
-            key: LessSafeKey::new(key),
-            iv,
-            seq,
-        })
+        Ok(Direction { key, iv, seq })
     }
 
     /// The per-record nonce: the sequence number, big-endian and left-padded, XORed with
     /// the static IV (RFC 8446 §5.3). Each sequence number is used once.
-    fn next_nonce(&mut self) -> Result<Nonce, RecordError> {
+    fn next_nonce(&mut self) -> Result<[u8; 12], RecordError> {
         let mut nonce = self.iv;
         for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *n ^= s;
@@ -80,7 +74,7 @@ impl Direction {
             .seq
             .checked_add(1)
             .ok_or(RecordError::SequenceExhausted)?;
-        Ok(Nonce::assume_unique_for_key(nonce))
+        Ok(nonce)
     }
 }
 
@@ -231,6 +225,13 @@ impl<K: NextKeys> Records<K> {
         })
     }
 
+    /// Brings both keys into the cache ahead of a record (see [`Aead::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self) {
+        self.rx.key.prefetch();
+        self.tx.key.prefetch();
+    }
+
     /// Opens the record `record` (one [`complete`] measured) in place. A KeyUpdate
     /// asking for ours gets it sealed into `out` (RFC 8446 §4.6.3).
     pub fn open(&mut self, record: &mut [u8], out: &mut impl Sink) -> Result<Opened, RecordError> {
@@ -239,7 +240,7 @@ impl<K: NextKeys> Records<K> {
         let plain = self
             .rx
             .key
-            .open_in_place(nonce, Aad::from(&header[..]), body)
+            .open_in_place(&nonce, header, body)
             .map_err(|_| RecordError::BadMac)?;
         // RFC 8446 §5.4: padding does not raise the limit; the whole inner plaintext is at
         // most 2^14 + 1 bytes.
@@ -323,7 +324,7 @@ impl<K: NextKeys> Records<K> {
         let (body, tail) = record[HEADER..].split_at_mut(plain);
         self.tx
             .key
-            .seal_in_place_scatter(nonce, Aad::from(header), body, &[APPLICATION_DATA], tail)
+            .seal_in_place(&nonce, &header, body, &[APPLICATION_DATA], tail)
             .map_err(|_| RecordError::Keys("sealing failed".into()))
     }
 
@@ -367,7 +368,7 @@ impl<K: NextKeys> Records<K> {
         let (body, tail) = record[HEADER..].split_at_mut(plain.len());
         self.tx
             .key
-            .seal_out_of_place_scatter(nonce, Aad::from(header), plain, body, &[typ], tail)
+            .seal_scatter(&nonce, &header, plain, body, &[typ], tail)
             .map_err(|_| RecordError::Keys("sealing failed".into()))
     }
 

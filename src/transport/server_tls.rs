@@ -169,6 +169,11 @@ impl ServerTls {
         sink: &mut impl PlainSink,
         scratch: &mut [u8],
     ) -> io::Result<usize> {
+        if let Session::Records(records) = &self.session {
+            // The keys' cache misses overlap with the recv(2) below instead of stalling the
+            // cipher after it; the reply's seal comes later in the same turn.
+            records.prefetch();
+        }
         if !self.plain.is_empty() {
             let k = sink.put(self.plain.rest());
             self.plain.consume(k);
