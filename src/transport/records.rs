@@ -286,7 +286,7 @@ impl<K: NextKeys> Records<K> {
                     .map_err(|e| RecordError::Keys(e.to_string()))?;
                 self.rx = Direction::new(seq, secrets)?;
                 if request == 1 && !self.updated_last {
-                    self.update_tx(out)?;
+                    self.key_update(out, false)?;
                 }
                 Ok(Opened::Nothing)
             }
@@ -375,7 +375,7 @@ impl<K: NextKeys> Records<K> {
     /// Replaces the sending key before it has sealed more than the suite allows (§5.5).
     fn rekey_if_due(&mut self, out: &mut impl Sink) -> Result<(), RecordError> {
         if self.tx.seq >= self.limit {
-            self.update_tx(out)?;
+            self.key_update(out, false)?;
         }
         Ok(())
     }
@@ -385,12 +385,6 @@ impl<K: NextKeys> Records<K> {
     #[cfg(test)]
     pub(crate) fn set_rekey_limit(&mut self, limit: u64) {
         self.limit = limit;
-    }
-
-    /// Sends a KeyUpdate (not asking for the peer's) under the old key and switches to the
-    /// next (RFC 8446 §4.6.3).
-    fn update_tx(&mut self, out: &mut impl Sink) -> Result<(), RecordError> {
-        self.key_update(out, false)
     }
 
     /// Sends a KeyUpdate, `request`ing the peer's or not, and switches to the next key.

@@ -53,10 +53,8 @@ pub(super) struct ServerTls {
     plain: Pending,
     /// Small pieces of plaintext gathered into one record.
     stage: Vec<u8>,
-    /// Records made and not yet taken by the socket: `out[sent..end]`.
-    out: Vec<u8>,
-    sent: usize,
-    end: usize,
+    /// Records made and not yet taken by the socket.
+    out: Out,
     /// The peer's `close_notify` (RFC 8446 §6.1) or TCP close was read: reads say EOF.
     eof: bool,
     /// Application data has been encrypted: from then on the output buffer is kept for the
@@ -95,9 +93,7 @@ impl ServerTls {
             input: Pending::default(),
             plain: Pending::default(),
             stage: Vec::new(),
-            out: Vec::new(),
-            sent: 0,
-            end: 0,
+            out: Out::default(),
             eof: false,
             writing: false,
         }))
@@ -143,7 +139,7 @@ impl ServerTls {
 
     /// Records are waiting for the socket.
     pub(super) fn wants_write(&self) -> bool {
-        self.sent < self.end
+        self.out.sent < self.out.end
     }
 
     /// Gives back the buffers of a quiet connection.
@@ -156,8 +152,7 @@ impl ServerTls {
         }
         self.stage = Vec::new();
         if !self.wants_write() {
-            self.out = Vec::new();
-            (self.sent, self.end) = (0, 0);
+            self.out = Out::default();
         }
     }
 
@@ -188,20 +183,12 @@ impl ServerTls {
                 &mut self.input.buf[at..],
                 sink,
                 &mut self.plain,
-                &mut Out {
-                    buf: &mut self.out,
-                    end: &mut self.end,
-                },
+                &mut self.out,
             );
             let (used, stop) = self.settle(socket, r)?;
             self.input.consume(used);
-            match stop {
-                Stop::NeedData => self.take_over()?,
-                Stop::Full => return Ok(sink.filled()),
-                Stop::Closed => {
-                    self.eof = true;
-                    return Ok(sink.filled());
-                }
+            if !matches!(stop, Stop::NeedData) {
+                return Ok(sink.filled());
             }
         }
         loop {
@@ -238,17 +225,11 @@ impl ServerTls {
                 &mut scratch[..len],
                 sink,
                 &mut self.plain,
-                &mut Out {
-                    buf: &mut self.out,
-                    end: &mut self.end,
-                },
+                &mut self.out,
             );
             let (used, stop) = self.settle(socket, r)?;
             if used < len {
                 self.input.buf.extend_from_slice(&scratch[used..len]);
-            }
-            if let Stop::NeedData = stop {
-                self.take_over()?;
             }
             match stop {
                 Stop::NeedData if len < scratch.len() => {
@@ -259,17 +240,14 @@ impl ServerTls {
                     };
                 }
                 Stop::NeedData => {}
-                Stop::Full => return Ok(sink.filled()),
-                Stop::Closed => {
-                    self.eof = true;
-                    return Ok(sink.filled());
-                }
+                Stop::Full | Stop::Closed => return Ok(sink.filled()),
             }
         }
     }
 
     /// Sends what processing produced (handshake answers, alerts); after an error, the alert
-    /// rustls queued for it goes out (as far as the socket takes it) before the error.
+    /// rustls queued for it goes out (as far as the socket takes it) before the error. Notes
+    /// the peer's close, and hands a finished TLS 1.3 handshake over to [`Records`].
     fn settle<S: Write>(
         &mut self,
         socket: &mut S,
@@ -278,6 +256,11 @@ impl ServerTls {
         match r {
             Ok(done) => {
                 self.send(socket)?;
+                match done.1 {
+                    Stop::NeedData => self.take_over()?,
+                    Stop::Closed => self.eof = true,
+                    Stop::Full => {}
+                }
                 Ok(done)
             }
             Err(e) => {
@@ -294,12 +277,8 @@ impl ServerTls {
             return Ok(());
         };
         for _ in 0..MAX_STATES {
-            let mut out = Out {
-                buf: &mut self.out,
-                end: &mut self.end,
-            };
             match conn.process_tls_records(&mut []).state {
-                Ok(ConnectionState::EncodeTlsData(mut e)) => out.encode(&mut e)?,
+                Ok(ConnectionState::EncodeTlsData(mut e)) => self.out.encode(&mut e)?,
                 Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 _ => break,
             }
@@ -310,18 +289,20 @@ impl ServerTls {
     /// Writes the records made so far until none is left (`Ok(true)`) or the socket would
     /// block (`Ok(false)`).
     fn send<S: Write>(&mut self, socket: &mut S) -> io::Result<bool> {
-        while self.sent < self.end {
-            match socket.write(&self.out[self.sent..self.end]) {
+        let out = &mut self.out;
+        while out.sent < out.end {
+            match socket.write(&out.buf[out.sent..out.end]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
+                Ok(n) => out.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        (self.sent, self.end) = (0, 0);
-        if self.out.len() > OUT_KEEP || !self.writing {
-            self.out = Vec::new();
+        if out.buf.len() > OUT_KEEP || !self.writing {
+            *out = Out::default();
+        } else {
+            (out.sent, out.end) = (0, 0);
         }
         Ok(true)
     }
@@ -333,7 +314,7 @@ impl ServerTls {
         &mut self,
         mut f: impl FnMut(
             &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
-            &mut Out<'_>,
+            &mut Out,
         ) -> io::Result<R>,
     ) -> io::Result<Option<R>> {
         let Session::Rustls(conn) = &mut self.session else {
@@ -341,15 +322,13 @@ impl ServerTls {
         };
         for _ in 0..MAX_STATES {
             let at = self.input.at;
-            let mut out = Out {
-                buf: &mut self.out,
-                end: &mut self.end,
-            };
             let status = conn.process_tls_records(&mut self.input.buf[at..]);
             let discard = status.discard;
             let result = match status.state {
-                Ok(ConnectionState::WriteTraffic(mut w)) => return f(&mut w, &mut out).map(Some),
-                Ok(ConnectionState::EncodeTlsData(mut e)) => out.encode(&mut e),
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    return f(&mut w, &mut self.out).map(Some)
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => self.out.encode(&mut e),
                 Ok(ConnectionState::TransmitTlsData(t)) => {
                     t.done();
                     Ok(())
@@ -391,11 +370,7 @@ impl ServerTls {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         if let Session::Records(records) = &mut self.session {
-            let mut out = Out {
-                buf: &mut self.out,
-                end: &mut self.end,
-            };
-            let taken = seal_vectored(records, &mut out, bufs).map_err(record_error)?;
+            let taken = seal_vectored(records, &mut self.out, bufs).map_err(record_error)?;
             self.writing |= taken > 0;
             self.send(socket)?;
             return Ok(taken);
@@ -475,10 +450,7 @@ impl ServerTls {
     /// Queues `close_notify` (RFC 8446 §6.1) and sends what the socket takes.
     pub(super) fn close_notify<S: Write>(&mut self, socket: &mut S) {
         if let Session::Records(records) = &mut self.session {
-            let _ = records.close_notify(&mut Out {
-                buf: &mut self.out,
-                end: &mut self.end,
-            });
+            let _ = records.close_notify(&mut self.out);
         } else {
             let _ = self.with_writer(|w, out| out.close_notify(w));
         }
@@ -506,19 +478,21 @@ impl<S: Write> Write for Writer<'_, S> {
     }
 }
 
-/// The output buffer, borrowed apart from the connection: `buf[..end]` is filled, and the
-/// bytes beyond are initialised room to encrypt into (kept, so that it is zeroed once).
-struct Out<'a> {
-    buf: &'a mut Vec<u8>,
-    end: &'a mut usize,
+/// The output buffer: `buf[sent..end]` waits for the socket, and the bytes beyond `end` are
+/// initialised room to encrypt into (kept, so that it is zeroed once).
+#[derive(Default)]
+struct Out {
+    buf: Vec<u8>,
+    sent: usize,
+    end: usize,
 }
 
-impl Out<'_> {
+impl Out {
     fn room(&mut self, need: usize) -> &mut [u8] {
-        if self.buf.len() < *self.end + need {
-            self.buf.resize(*self.end + need, 0);
+        if self.buf.len() < self.end + need {
+            self.buf.resize(self.end + need, 0);
         }
-        &mut self.buf[*self.end..]
+        &mut self.buf[self.end..]
     }
 
     /// Runs a rustls encoder into the room at the end of the buffer, growing the room to
@@ -532,7 +506,7 @@ impl Out<'_> {
         loop {
             match write(self.room(need)) {
                 Ok(n) => {
-                    *self.end += n;
+                    self.end += n;
                     return Ok(());
                 }
                 Err(e) => match required(&e) {
@@ -577,23 +551,23 @@ impl Out<'_> {
     }
 }
 
-impl records::Sink for Out<'_> {
+impl records::Sink for Out {
     fn written(&self) -> usize {
-        *self.end
+        self.end
     }
 
     fn filled_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[..*self.end]
+        &mut self.buf[..self.end]
     }
 
     fn append(&mut self, bytes: &[u8]) {
         self.room(bytes.len())[..bytes.len()].copy_from_slice(bytes);
-        *self.end += bytes.len();
+        self.end += bytes.len();
     }
 
     fn append_zeroed(&mut self, n: usize) {
         self.room(n);
-        *self.end += n;
+        self.end += n;
     }
 }
 
@@ -601,7 +575,7 @@ impl records::Sink for Out<'_> {
 /// of up to 2^14 bytes, large ones (or a lone one) encrypted from where they lie.
 fn seal_vectored(
     records: &mut Records,
-    out: &mut Out<'_>,
+    out: &mut Out,
     bufs: &[IoSlice<'_>],
 ) -> Result<usize, RecordError> {
     use records::Sink;
@@ -656,7 +630,7 @@ fn process(
     input: &mut [u8],
     sink: &mut impl PlainSink,
     plain: &mut Pending,
-    out: &mut Out<'_>,
+    out: &mut Out,
 ) -> io::Result<(usize, Stop)> {
     let conn = match session {
         Session::Rustls(conn) => conn,
@@ -713,7 +687,7 @@ fn open_records(
     input: &mut [u8],
     sink: &mut impl PlainSink,
     plain: &mut Pending,
-    out: &mut Out<'_>,
+    out: &mut Out,
 ) -> Result<(usize, Stop), RecordError> {
     let mut used = 0;
     loop {
